@@ -1,0 +1,270 @@
+"""Class codebook: the map between class indices and the continuous codes SymmFlow flows through.
+
+A codebook holds ``K`` code vectors of ``C`` channels in ``[-1, 1]``:
+
+* ``gray``    (SymmFlow): one channel, class ``k`` -> ``scale * (2k / (K - 1) - 1)``.
+* ``rgb``     (MedSymmFlow): a 64-colour palette with channel levels {0, 75, 150, 225}
+  (R outermost); class ``k`` takes ``palette[round(linspace(0, 63, K))[k]]``, mapped to ``v / 127.5 - 1``.
+* ``palette`` (segmentation): an ``n x n x n`` RGB grid with ``n = ceil(K ** (1/3))`` levels spread
+  over ``[-1, 1]``; class ``k`` takes grid colour ``round(linspace(0, n^3 - 1, K))[k]``. 19 classes
+  use a 3-level grid (spacing 1.0), 171 classes a 6-level grid (spacing 0.4).
+
+Decoding takes the predicted code mask, measures the L2 distance to every code and picks the
+nearest one: ``mean`` averages the mask over space first (the papers' rule for classification),
+``mode`` takes the most common per-pixel nearest class, ``pixel`` keeps the per-pixel decision
+(segmentation). The distance to the chosen code is the uncertainty; ``-distance`` is the per-class
+score used for AUC.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CODE_KINDS",
+    "DECISIONS",
+    "ClassCodebook",
+    "CodebookDecoding",
+    "beta_to_amplitude",
+]
+
+CODE_KINDS = ("gray", "rgb", "palette")
+DECISIONS = ("mean", "mode", "pixel")
+
+RGB_LEVELS = (0, 75, 150, 225)
+
+# cdist's matrix-multiply shortcut loses ~1e-4 on small distances, which reorders confident samples
+# when distances are used as uncertainty; C <= 3 makes the exact mode cheap.
+_EXACT = "donot_use_mm_for_euclid_dist"
+
+
+def beta_to_amplitude(beta: float) -> float:
+    """Half-width in code units of the dequantization noise ``beta * U(-1/2, 1/2) / 127.5``."""
+    return float(beta) / 255.0
+
+
+@dataclass
+class CodebookDecoding:
+    """Result of decoding predicted code masks.
+
+    ``labels``: (B,) for ``mean``/``mode``, (B, *spatial) for ``pixel``.
+    ``distances``: (B, K) distance to every code (``pixel``: (B, K, *spatial)).
+    ``uncertainty``: distance to the chosen code, same shape as ``labels``.
+    """
+
+    labels: torch.Tensor
+    distances: torch.Tensor
+    uncertainty: torch.Tensor
+
+
+class ClassCodebook:
+    """``K`` class codes of ``C`` channels; encodes labels to code masks and decodes them back."""
+
+    def __init__(self, codes: torch.Tensor | np.ndarray, kind: str = "custom") -> None:
+        codes_t = torch.as_tensor(np.asarray(codes, dtype=np.float32) if isinstance(codes, np.ndarray) else codes)
+        codes_t = codes_t.detach().to(torch.float32).cpu()
+        if codes_t.ndim != 2:
+            raise ValueError(f"codes must have shape (num_classes, channels), got {tuple(codes_t.shape)}")
+        if codes_t.shape[0] < 2:
+            raise ValueError(f"a codebook needs at least 2 classes, got {codes_t.shape[0]}")
+        if not torch.isfinite(codes_t).all():
+            raise ValueError("codes contain NaN or infinite values")
+        if codes_t.shape[0] > 1 and torch.cdist(codes_t, codes_t).add(torch.eye(codes_t.shape[0]) * 1e9).min() <= 0:
+            raise ValueError("two classes share the same code")
+        self.codes = codes_t
+        self.kind = kind
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def gray(cls, num_classes: int, scale: float = 1.0) -> "ClassCodebook":
+        """SymmFlow's one-channel codes ``scale * (2k/(K-1) - 1)`` (the authors' code uses ``scale = beta/2``)."""
+        k = _check_num_classes(num_classes)
+        values = scale * (2.0 * torch.arange(k, dtype=torch.float64) / (k - 1) - 1.0)
+        return cls(values.to(torch.float32)[:, None], kind="gray")
+
+    @classmethod
+    def rgb(cls, num_classes: int) -> "ClassCodebook":
+        """MedSymmFlow's RGB codes picked evenly from the 64-colour {0,75,150,225}^3 palette."""
+        k = _check_num_classes(num_classes)
+        if k > 64:
+            raise ValueError(f"the rgb codebook has 64 colours; {k} classes need ClassCodebook.palette")
+        levels = np.asarray(RGB_LEVELS, dtype=np.float64)
+        idx = np.arange(64)
+        palette = np.stack([levels[idx // 16], levels[(idx // 4) % 4], levels[idx % 4]], axis=1)
+        # np.round rounds half to even, as the authors' numpy code does.
+        pick = np.round(np.linspace(0, 63, k)).astype(int)
+        return cls(torch.from_numpy(palette[pick] / 127.5 - 1.0).to(torch.float32), kind="rgb")
+
+    @classmethod
+    def palette(cls, num_classes: int) -> "ClassCodebook":
+        """Evenly spread colours of the smallest RGB grid with at least ``K`` colours (segmentation)."""
+        k = _check_num_classes(num_classes)
+        n = max(2, math.ceil(round(k ** (1.0 / 3.0), 9)))
+        while n**3 < k:
+            n += 1
+        levels = np.linspace(-1.0, 1.0, n)
+        idx = np.arange(n**3)
+        grid = np.stack([levels[idx // (n * n)], levels[(idx // n) % n], levels[idx % n]], axis=1)
+        pick = np.round(np.linspace(0, n**3 - 1, k)).astype(int)
+        return cls(torch.from_numpy(grid[pick]).to(torch.float32), kind="palette")
+
+    @classmethod
+    def from_kind(cls, kind: str, num_classes: int, **kwargs: float) -> "ClassCodebook":
+        """Build a codebook by name: ``gray``, ``rgb`` or ``palette``."""
+        if isinstance(kind, ClassCodebook):
+            return kind
+        if kind not in CODE_KINDS:
+            raise ValueError(f"unknown codebook kind {kind!r}; choose one of {', '.join(CODE_KINDS)}")
+        return getattr(cls, kind)(num_classes, **kwargs)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``K``."""
+        return int(self.codes.shape[0])
+
+    @property
+    def channels(self) -> int:
+        """Channels ``C`` of every code (1 for gray, 3 for rgb / palette)."""
+        return int(self.codes.shape[1])
+
+    @property
+    def min_distance(self) -> float:
+        """Smallest L2 distance between two codes."""
+        d = torch.cdist(self.codes.double(), self.codes.double())
+        d.fill_diagonal_(float("inf"))
+        return float(d.min())
+
+    def max_beta(self) -> float:
+        """Largest beta (8-bit grey levels) whose worst-case noise keeps every pixel nearest its own code."""
+        # Worst case: every channel shifted by the full amplitude, L2 = sqrt(C) * amp < min_distance / 2.
+        return self.min_distance / 2.0 / math.sqrt(self.channels) * 255.0
+
+    def check_beta(self, beta: float) -> float:
+        """Raise a ValueError when ``beta`` is negative, not finite, or too large for the code spacing."""
+        beta = float(beta)
+        if not math.isfinite(beta) or beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+        if beta >= self.max_beta():
+            raise ValueError(
+                f"beta={beta:g} grey levels is too large for this {self.kind} codebook of {self.num_classes} classes: "
+                f"its codes are {self.min_distance:.4f} apart, so beta must stay below {self.max_beta():.2f}"
+            )
+        return beta
+
+    def __repr__(self) -> str:
+        return f"ClassCodebook(kind={self.kind!r}, num_classes={self.num_classes}, channels={self.channels})"
+
+    # ------------------------------------------------------------------ encoding
+    def _check_labels(self, labels: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
+        if labels.is_floating_point():
+            if not torch.isfinite(labels).all():
+                raise ValueError("labels contain NaN or infinite values")
+            if not torch.equal(labels, labels.round()):
+                raise ValueError("labels must hold whole class indices, got fractional values")
+        elif labels.dtype == torch.bool or labels.is_complex():
+            raise TypeError(f"labels must be integer class indices, got dtype {labels.dtype}")
+        labels = labels.long()
+        valid = labels if ignore_index is None else labels[labels != ignore_index]
+        if valid.numel() and (valid.min() < 0 or valid.max() >= self.num_classes):
+            raise ValueError(
+                f"label out of range: found values in [{int(valid.min())}, {int(valid.max())}] "
+                f"but the codebook has classes 0..{self.num_classes - 1}"
+            )
+        return labels
+
+    def encode(self, labels: torch.Tensor | np.ndarray | int) -> torch.Tensor:
+        """Class indices of any shape -> codes with a trailing channel axis, shape ``(*labels.shape, C)``."""
+        labels_t = self._check_labels(torch.as_tensor(labels))
+        return self.codes.to(labels_t.device)[labels_t]
+
+    def code_mask(self, labels: torch.Tensor | np.ndarray, spatial_size: tuple[int, ...]) -> torch.Tensor:
+        """Per-sample class indices ``(B,)`` -> constant code masks ``(B, C, *spatial_size)``."""
+        labels_t = torch.as_tensor(labels).reshape(-1)
+        codes = self.encode(labels_t)  # (B, C)
+        shape = (codes.shape[0], self.channels) + tuple(int(s) for s in spatial_size)
+        return codes.reshape(codes.shape + (1,) * len(spatial_size)).expand(shape).contiguous()
+
+    def label_map_to_code_mask(
+        self, label_map: torch.Tensor | np.ndarray, ignore_index: int | None = None, ignore_value: float = 0.0
+    ) -> torch.Tensor:
+        """Label map ``(*spatial)`` -> code mask ``(C, *spatial)``; ``ignore_index`` pixels get ``ignore_value``."""
+        lm = self._check_labels(torch.as_tensor(label_map), ignore_index=ignore_index)
+        if ignore_index is None:
+            out = self.codes.to(lm.device)[lm]
+        else:
+            ignored = lm == ignore_index
+            out = self.codes.to(lm.device)[torch.where(ignored, torch.zeros_like(lm), lm)]
+            out[ignored] = ignore_value
+        return torch.movedim(out, -1, 0).contiguous()
+
+    # ------------------------------------------------------------------ decoding
+    def distances(self, code_mask: torch.Tensor, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
+        """L2 distance of predicted code masks ``(B, C, *spatial)`` to every code.
+
+        ``mean``: distance of the spatial mean, ``(B, K)``. ``none``: per pixel, ``(B, K, *spatial)``.
+        """
+        y = self._check_code_mask(code_mask)
+        codes = self.codes.to(device=y.device, dtype=y.dtype)
+        if reduction == "mean":
+            pooled = y.flatten(2).mean(-1)  # (B, C)
+            return torch.cdist(pooled[None], codes[None], compute_mode=_EXACT)[0]
+        if reduction == "none":
+            spatial = y.shape[2:]
+            flat = y.flatten(2).transpose(1, 2)  # (B, P, C)
+            d = torch.cdist(flat, codes[None].expand(y.shape[0], -1, -1), compute_mode=_EXACT)  # (B, P, K)
+            return d.transpose(1, 2).reshape((y.shape[0], self.num_classes) + tuple(spatial))
+        raise ValueError(f"unknown reduction {reduction!r}; choose 'mean' or 'none'")
+
+    def decode(self, code_mask: torch.Tensor, decision: str = "mean") -> CodebookDecoding:
+        """Nearest-code decision for predicted code masks ``(B, C, *spatial)`` (``mean``, ``mode`` or ``pixel``)."""
+        if decision not in DECISIONS:
+            raise ValueError(f"unknown decision {decision!r}; choose one of {', '.join(DECISIONS)}")
+        if decision == "mean":
+            d = self.distances(code_mask, "mean")
+            unc, labels = d.min(dim=1)
+            return CodebookDecoding(labels=labels, distances=d, uncertainty=unc)
+        d_pix = self.distances(code_mask, "none")  # (B, K, *spatial)
+        pix_unc, pix_labels = d_pix.min(dim=1)
+        if decision == "pixel":
+            return CodebookDecoding(labels=pix_labels, distances=d_pix, uncertainty=pix_unc)
+        counts = torch.nn.functional.one_hot(pix_labels.flatten(1), self.num_classes).sum(1)  # (B, K)
+        labels = counts.argmax(dim=1)  # ties go to the lower class index
+        d = d_pix.flatten(2).mean(-1)  # mean per-pixel distance to each code
+        return CodebookDecoding(labels=labels, distances=d, uncertainty=d.gather(1, labels[:, None])[:, 0])
+
+    @staticmethod
+    def scores(distances: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        """Per-class scores from distances ``(B, K)``: ``-d`` or, with a temperature, ``softmax(-d / tau)``."""
+        if temperature is None:
+            return -distances
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        return torch.softmax(-distances / temperature, dim=1)
+
+    def _check_code_mask(self, code_mask: torch.Tensor) -> torch.Tensor:
+        y = torch.as_tensor(code_mask)
+        if not y.is_floating_point():
+            raise TypeError(f"a code mask must be floating point, got dtype {y.dtype}")
+        if y.ndim < 2:
+            raise ValueError(f"a code mask must have shape (B, C, *spatial), got {tuple(y.shape)}")
+        if y.shape[1] != self.channels:
+            raise ValueError(f"code mask has {y.shape[1]} channels but the {self.kind} codebook has {self.channels}")
+        if not torch.isfinite(y).all():
+            raise ValueError("code mask contains NaN or infinite values")
+        if y.dtype in (torch.float16, torch.bfloat16):
+            y = y.float()  # cdist has no half-precision CPU kernel
+        if y.ndim == 2:
+            y = y[..., None]
+        return y
+
+
+def _check_num_classes(num_classes: int) -> int:
+    if isinstance(num_classes, bool) or int(num_classes) != num_classes or int(num_classes) < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    return int(num_classes)

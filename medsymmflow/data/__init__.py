@@ -1,0 +1,38 @@
+"""Datasets and samplers: MedMNIST 2-D (through the medmnist package), synthetic MedMNIST files, samplers.
+
+Importing this package does not import medmnist (it creates ~/.medmnist on import); it is imported
+when a flag is first looked up.
+"""
+
+from medsymmflow.data.medmnist import (
+    MEDMNIST_SIZES,
+    MEDMNIST_SPLITS,
+    MedMNISTArrays,
+    MedMNISTDataset,
+    load_medmnist,
+    medmnist_filename,
+    medmnist_info,
+    medmnist_url,
+    read_medmnist_npz,
+    supported_flags,
+)
+from medsymmflow.data.sampling import class_balanced_weights, distributed_world, make_sampler
+from medsymmflow.data.synthetic import synthetic_class_templates, write_synthetic_medmnist
+
+__all__ = [
+    "MEDMNIST_SIZES",
+    "MEDMNIST_SPLITS",
+    "MedMNISTArrays",
+    "MedMNISTDataset",
+    "class_balanced_weights",
+    "distributed_world",
+    "load_medmnist",
+    "make_sampler",
+    "medmnist_filename",
+    "medmnist_info",
+    "medmnist_url",
+    "read_medmnist_npz",
+    "supported_flags",
+    "synthetic_class_templates",
+    "write_synthetic_medmnist",
+]

@@ -1,0 +1,128 @@
+"""Small ignite handlers the bundles wire in: per-epoch seeding, atomic checkpoints, run identity."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import DiskSaver
+from monai.handlers import CheckpointSaver
+from monai.utils import set_determinism
+
+__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "EpochSeedHandler", "RunInfo", "atomic_write", "load_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = "wb" if isinstance(data, bytes) else "w"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+class EpochSeedHandler:
+    """Re-seeds python, numpy and torch at every epoch start from ``(seed, epoch)``.
+
+    Shuffling, time sampling, noise and dequantization of epoch ``e`` then depend only on the seed and
+    ``e``, so a run resumed from a checkpoint continues exactly like an uninterrupted one.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+
+    def attach(self, engine: Engine) -> None:
+        """Register the re-seeding on ``EPOCH_STARTED``."""
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """Seed every RNG for the epoch that is starting."""
+        set_determinism(seed=(self.seed * 100003 + int(engine.state.epoch)) % (2**31))
+
+
+class AtomicDiskSaver(DiskSaver):
+    """ignite's DiskSaver writing atomically (temp file + rename) with group/other read permission kept."""
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+        super().__init__(dirname=str(dirname), require_empty=False, atomic=True, create_dir=True)
+        self.filename = filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        """Save ``checkpoint`` under the fixed filename when one was given."""
+        name = self.filename or filename
+        super().__call__(checkpoint, name, metadata)
+        os.chmod(os.path.join(self.dirname, name), 0o644)
+
+    def remove(self, filename: str) -> None:
+        """Remove a superseded checkpoint."""
+        super().remove(self.filename or filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's CheckpointSaver whose files are written atomically, so a killed run never leaves a torn file."""
+
+    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+        super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
+        fixed = {
+            "_final_checkpoint": kwargs.get("final_filename"),
+            "_key_metric_checkpoint": kwargs.get("key_metric_filename"),
+            "_interval_checkpoint": None,
+        }
+        for attr, filename in fixed.items():
+            checkpoint = getattr(self, attr, None)
+            if checkpoint is not None:
+                checkpoint.save_handler = AtomicDiskSaver(save_dir, filename)
+
+
+class RunInfo:
+    """What a checkpoint was trained on; loading a checkpoint of another dataset or codebook fails clearly."""
+
+    KEYS = ("flag", "num_classes", "code_kind", "image_channels", "code_channels", "size")
+
+    def __init__(self, **info: Any) -> None:
+        missing = [k for k in self.KEYS if k not in info]
+        if missing:
+            raise ValueError(f"RunInfo needs {', '.join(missing)}")
+        self.info = {k: info[k] for k in self.KEYS} | {k: v for k, v in info.items() if k not in self.KEYS}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The run identity as plain values (safe for ``torch.load(weights_only=True)``)."""
+        return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in self.info.items()}
+
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
+        """Check that a checkpoint's run identity matches this run; raise ValueError naming the difference."""
+        diffs = [f"{k}: checkpoint {state.get(k)!r} vs this run {self.info[k]!r}" for k in self.KEYS if str(state.get(k)) != str(self.info[k])]
+        if diffs:
+            raise ValueError(
+                "the checkpoint was trained for a different dataset or codebook ("
+                + "; ".join(diffs)
+                + "). Point --ckpt_path at a checkpoint of this dataset or change the overrides to match it."
+            )
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """``torch.load(weights_only=True)`` with clear errors for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises several types for truncated / foreign files
+        raise ValueError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); it may be truncated or not a torch checkpoint") from e

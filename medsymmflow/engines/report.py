@@ -1,0 +1,150 @@
+"""Evaluation report handler: metrics.json and predictions.csv from a SymmFlowEvaluator run."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from ignite.engine import Engine, Events
+
+from medsymmflow.engines.handlers import atomic_write
+from medsymmflow.metrics.classification import mean_two_sigma, medmnist_metrics, probabilities, torchmetrics_metrics
+
+__all__ = ["ClassificationReport"]
+
+logger = logging.getLogger(__name__)
+
+
+class ClassificationReport:
+    """Collects a :class:`SymmFlowEvaluator`'s outputs and writes ``metrics.json`` and ``predictions.csv``.
+
+    Metrics per inference run: ACC / AUC with torchmetrics and, when ``flag`` and ``dataset_dir`` are
+    given, with medmnist's own Evaluator; the summary is mean and 2 sigma over runs. ``predictions.csv``
+    holds the first run per sample: index, label, predicted class (mean decision), uncertainty,
+    the distance to every code, the score (softmax(-d / temperature)) per class, the mode decision
+    and its uncertainty, and the spread of the prediction over noise draws.
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        temperature: float = 0.1,
+        flag: str | None = None,
+        split: str = "test",
+        dataset_dir: str | os.PathLike | None = None,
+        size: int = 28,
+        class_names: Sequence[str] | None = None,
+        prefix: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.temperature = float(temperature)
+        self.flag, self.split, self.size = flag, split, int(size)
+        self.dataset_dir = None if dataset_dir is None else Path(dataset_dir)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.prefix = prefix
+        self.extra = dict(extra or {})
+        self._rows: dict[str, list[torch.Tensor]] = {}
+        self.results: dict[str, Any] = {}
+
+    def attach(self, engine: Engine) -> None:
+        """Collect at every iteration, write at completion."""
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        self._rows = {}
+
+    def _collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        for key in ("label", "distances", "uncertainty", "draw_distances", "pred_mode", "uncertainty_mode", "index"):
+            if key in out:
+                self._rows.setdefault(key, []).append(torch.as_tensor(out[key]).detach().cpu())
+
+    def _cat(self, key: str, dim: int) -> torch.Tensor | None:
+        parts = self._rows.get(key)
+        return None if not parts else torch.cat(parts, dim=dim)
+
+    def _write(self, engine: Engine) -> None:
+        labels = self._cat("label", 0)
+        distances = self._cat("distances", 1)  # (runs, N, K)
+        if labels is None or distances is None:
+            raise ValueError("ClassificationReport needs labelled data: the evaluator produced no 'label'")
+        uncertainty = self._cat("uncertainty", 1)
+        draws = self._cat("draw_distances", 2)  # (runs, R, N, K)
+        pred_mode, unc_mode = self._cat("pred_mode", 1), self._cat("uncertainty_mode", 1)
+        index = self._cat("index", 0)
+        n, k = labels.shape[0], distances.shape[2]
+        index = torch.arange(n) if index is None else index
+
+        runs = []
+        for r in range(distances.shape[0]):
+            probs = probabilities(distances[r], self.temperature)
+            run = {"torchmetrics": torchmetrics_metrics(probs, labels)}
+            if self.flag is not None and self.dataset_dir is not None:
+                run["medmnist"] = medmnist_metrics(self.flag, self.split, probs.numpy(), self.dataset_dir, self.size)
+            runs.append(run)
+        summary = {
+            source: {m: mean_two_sigma([run[source][m] for run in runs]) for m in ("acc", "auc")} for source in runs[0]
+        }
+        self.results = {
+            "flag": self.flag,
+            "split": self.split,
+            "num_samples": int(n),
+            "num_classes": int(k),
+            "num_runs": int(distances.shape[0]),
+            "temperature": self.temperature,
+            "class_names": self.class_names or [str(c) for c in range(k)],
+            **self.extra,
+            "summary": summary,
+            "runs": runs,
+        }
+        for source, metrics in summary.items():
+            for name, value in metrics.items():
+                engine.state.metrics[f"{self.prefix}{source}_{name}"] = value["mean"]
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.output_dir / "metrics.json", json.dumps(self.results, indent=2) + "\n")
+
+        d0 = distances[0]
+        probs0 = probabilities(d0, self.temperature)
+        spread = _draw_spread(draws[0]) if draws is not None else torch.zeros(n)
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(
+            ["index", "label", "pred", "uncertainty"]
+            + [f"dist_{c}" for c in range(k)]
+            + [f"score_{c}" for c in range(k)]
+            + ["pred_mode", "uncertainty_mode", "spread"]
+        )
+        pred = d0.argmin(1)
+        for i in range(n):
+            writer.writerow(
+                [int(index[i]), int(labels[i]), int(pred[i]), f"{float(uncertainty[0, i]):.6g}"]
+                + [f"{float(v):.6g}" for v in d0[i]]
+                + [f"{float(v):.6g}" for v in probs0[i]]
+                + [int(pred_mode[0, i]) if pred_mode is not None else int(pred[i])]
+                + [f"{float(unc_mode[0, i]):.6g}" if unc_mode is not None else ""]
+                + [f"{float(spread[i]):.6g}"]
+            )
+        atomic_write(self.output_dir / "predictions.csv", buf.getvalue())
+        logger.info(
+            "%s %s: %s -> %s",
+            self.flag or "dataset",
+            self.split,
+            ", ".join(f"{s} {m} {v['mean']:.4f}±{v['two_sigma']:.4f}" for s, ms in summary.items() for m, v in ms.items()),
+            self.output_dir,
+        )
+
+
+def _draw_spread(draw_distances: torch.Tensor) -> torch.Tensor:
+    """Fraction of noise draws whose nearest class differs from the majority vote, per sample."""
+    votes = draw_distances.argmin(-1)  # (R, N)
+    majority = torch.mode(votes, dim=0).values
+    return (votes != majority).double().mean(0)

@@ -1,0 +1,17 @@
+"""The flow: symmetric path, loss and time schedules, ODE solver."""
+
+from medsymmflow.flow.loss import TIME_SCHEDULES, SymmFlowLoss, TimeSampler
+from medsymmflow.flow.path import SymmetricPath, SymmetricPathSample
+from medsymmflow.flow.solver import FIXED_STEP_METHODS, SolverResult, SymmFlowSolver, time_grid
+
+__all__ = [
+    "FIXED_STEP_METHODS",
+    "TIME_SCHEDULES",
+    "SolverResult",
+    "SymmetricPath",
+    "SymmetricPathSample",
+    "SymmFlowLoss",
+    "SymmFlowSolver",
+    "TimeSampler",
+    "time_grid",
+]

@@ -1,0 +1,61 @@
+"""Metrics: uncertainty scores, selective prediction (accuracy-rejection, AURC, E-AURC) and calibration."""
+
+from medsymmflow.metrics.calibration import (
+    ReliabilityBins,
+    brier_score,
+    calibration_metrics,
+    distance_nll,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability_diagram_data,
+    softmax_from_distances,
+)
+from medsymmflow.metrics.selective import (
+    DEFAULT_REJECTION_RATES,
+    SelectivePredictionMetrics,
+    accuracy_at_coverage,
+    accuracy_rejection_curve,
+    aurc,
+    coverage_key,
+    eaurc,
+    optimal_aurc,
+    risk_coverage_curve,
+    selective_metrics,
+)
+from medsymmflow.metrics.uncertainty import (
+    UNCERTAINTY_SCORES,
+    distance_uncertainty,
+    majority_vote,
+    margin_uncertainty,
+    spread_uncertainty,
+    uncertainty_score,
+)
+
+__all__ = [
+    "DEFAULT_REJECTION_RATES",
+    "ReliabilityBins",
+    "SelectivePredictionMetrics",
+    "UNCERTAINTY_SCORES",
+    "accuracy_at_coverage",
+    "accuracy_rejection_curve",
+    "aurc",
+    "brier_score",
+    "calibration_metrics",
+    "coverage_key",
+    "distance_nll",
+    "distance_uncertainty",
+    "eaurc",
+    "expected_calibration_error",
+    "fit_temperature",
+    "majority_vote",
+    "margin_uncertainty",
+    "negative_log_likelihood",
+    "optimal_aurc",
+    "reliability_diagram_data",
+    "risk_coverage_curve",
+    "selective_metrics",
+    "softmax_from_distances",
+    "spread_uncertainty",
+    "uncertainty_score",
+]

@@ -1,0 +1,205 @@
+"""SymmFlowUNet: the joint velocity field ``(x_t, y_t, t) -> (v_x, v_y)`` on MONAI's DiffusionModelUNet.
+
+The image state ``x_t`` (``x_channels``) and the label-code state ``y_t`` (``y_channels``, which
+may differ, e.g. a 1-channel gray image with a 3-channel RGB code mask) are concatenated on the
+channel axis, passed through one :class:`monai.networks.nets.DiffusionModelUNet` whose input and
+output both have ``x_channels + y_channels`` channels, and the output is split back into
+``(v_x, v_y)``. ``t`` is multiplied by ``time_scale`` before MONAI's sinusoidal embedding; the
+default 1.0 keeps the authors' convention of feeding t in [0, 1] as is.
+
+Spatial sizes that are not a multiple of ``2 ** (levels - 1)`` (28 px MedMNIST with 4 levels:
+7 -> 4 -> 7 breaks the skip connections) are padded before the UNet and cropped after it.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
+
+__all__ = ["SymmFlowUNet"]
+
+
+def _dropout_pre_hook(module: nn.Module, args: tuple[torch.Tensor, ...], p: float) -> tuple[torch.Tensor, ...]:
+    """Forward pre-hook applying dropout to the input of ``module`` while it is in training mode."""
+    return (F.dropout(args[0], p=p, training=module.training),) + tuple(args[1:])
+
+
+def _as_tuple(value: int | Sequence[int], length: int, name: str) -> tuple[int, ...]:
+    """Repeat an int ``length`` times, or check a sequence has ``length`` entries."""
+    if isinstance(value, int):
+        return (value,) * length
+    values = tuple(int(v) for v in value)
+    if len(values) != length:
+        raise ValueError(f"{name} needs one entry per level ({length}), got {len(values)}: {values}")
+    return values
+
+
+class SymmFlowUNet(nn.Module):
+    """Joint velocity field for SymmFlow: a MONAI DiffusionModelUNet over ``cat([x_t, y_t])``.
+
+    Args:
+        x_channels: channels of the image state ``x_t``.
+        y_channels: channels of the code-mask state ``y_t``.
+        spatial_dims: 2 or 3.
+        channels: width of each UNet level; every width must be divisible by ``norm_num_groups``.
+        num_res_blocks: residual blocks per level (int or one per level).
+        attention_levels: self-attention on each level; ``None`` means none. MONAI's middle block
+            always has self-attention, whatever this says.
+        num_head_channels: channels per attention head (int or one per level); the number of heads
+            is ``width // num_head_channels``.
+        norm_num_groups: GroupNorm groups.
+        norm_eps: GroupNorm epsilon.
+        dropout: dropout before the second convolution of every residual block (the placement of
+            the guided-diffusion UNet used by the authors). MONAI's block has no dropout of its own,
+            so it is added with forward pre-hooks, which keeps the state dict identical to a plain
+            DiffusionModelUNet's.
+        time_scale: factor applied to t before the sinusoidal time embedding.
+        resblock_updown: use residual blocks for down/up-sampling.
+        use_flash_attention: use torch's scaled_dot_product_attention in MONAI's attention blocks.
+        padding_mode: ``"replicate"`` (default) or ``"constant"`` (zeros) for the size padding.
+
+    Replicate padding is the default because the padded border is context only (it is cropped
+    away and never supervised): replicating keeps a classification code mask ``y_t`` spatially
+    constant and adds no artificial step edge at the image border for the convolutions to see,
+    whereas zeros would put a mid-grey frame (0 in [-1, 1] units) around every input.
+    """
+
+    def __init__(
+        self,
+        x_channels: int,
+        y_channels: int,
+        spatial_dims: int = 2,
+        channels: Sequence[int] = (64, 128, 128, 128),
+        num_res_blocks: int | Sequence[int] = 2,
+        attention_levels: Sequence[bool] | None = None,
+        num_head_channels: int | Sequence[int] = 64,
+        norm_num_groups: int = 32,
+        norm_eps: float = 1e-6,
+        dropout: float = 0.0,
+        time_scale: float = 1.0,
+        resblock_updown: bool = False,
+        use_flash_attention: bool = False,
+        padding_mode: str = "replicate",
+    ) -> None:
+        super().__init__()
+        for name, value in (("x_channels", x_channels), ("y_channels", y_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        channels = tuple(int(c) for c in channels)
+        if not channels or any(c < 1 for c in channels):
+            raise ValueError(f"channels must be a non-empty sequence of positive widths, got {channels}")
+        levels = len(channels)
+        if isinstance(norm_num_groups, bool) or not isinstance(norm_num_groups, int) or norm_num_groups < 1:
+            raise ValueError(f"norm_num_groups must be a positive int, got {norm_num_groups!r}")
+        bad = [c for c in channels if c % norm_num_groups]
+        if bad:
+            raise ValueError(
+                f"every width in channels={channels} must be divisible by norm_num_groups={norm_num_groups}; "
+                f"{bad} are not"
+            )
+        attention = (False,) * levels if attention_levels is None else tuple(bool(a) for a in attention_levels)
+        if len(attention) != levels:
+            raise ValueError(
+                f"attention_levels needs one entry per level ({levels}, from channels={channels}), got {len(attention)}"
+            )
+        head_channels = _as_tuple(num_head_channels, levels, "num_head_channels")
+        res_blocks = _as_tuple(num_res_blocks, levels, "num_res_blocks")
+        if any(r < 1 for r in res_blocks):
+            raise ValueError(f"num_res_blocks must be >= 1 on every level, got {res_blocks}")
+        # the middle block attends at the last width even when attention_levels[-1] is False
+        for i, (width, heads) in enumerate(zip(channels, head_channels)):
+            if (attention[i] or i == levels - 1) and (heads < 1 or width % heads):
+                where = "the middle block" if not attention[i] else f"attention level {i}"
+                raise ValueError(
+                    f"{where} has width {width}, which num_head_channels={heads} must divide"
+                )
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {dropout}")
+        if not float(time_scale) > 0.0:
+            raise ValueError(f"time_scale must be positive, got {time_scale}")
+        if padding_mode not in ("replicate", "constant"):
+            raise ValueError(f"padding_mode must be 'replicate' or 'constant', got {padding_mode!r}")
+
+        self.x_channels = x_channels
+        self.y_channels = y_channels
+        self.spatial_dims = spatial_dims
+        self.channels = channels
+        self.time_scale = float(time_scale)
+        self.dropout = float(dropout)
+        self.padding_mode = padding_mode
+        # each of the (levels - 1) downsamplings halves the size, and the up path must meet the skips
+        self.size_multiple = 2 ** (levels - 1)
+        self.unet = DiffusionModelUNet(
+            spatial_dims=spatial_dims,
+            in_channels=x_channels + y_channels,
+            out_channels=x_channels + y_channels,
+            num_res_blocks=res_blocks,
+            channels=channels,
+            attention_levels=attention,
+            norm_num_groups=norm_num_groups,
+            norm_eps=norm_eps,
+            resblock_updown=resblock_updown,
+            num_head_channels=head_channels,
+            use_flash_attention=use_flash_attention,
+        )
+        if self.dropout > 0.0:
+            hook = functools.partial(_dropout_pre_hook, p=self.dropout)
+            for block in self.unet.modules():
+                if isinstance(block, DiffusionUNetResnetBlock):
+                    block.conv2.register_forward_pre_hook(hook)
+
+    def _check_inputs(self, x_t: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """Validate shapes and return ``t`` as a (B,) tensor on ``x_t``'s device and dtype."""
+        if not isinstance(x_t, torch.Tensor) or not isinstance(y_t, torch.Tensor):
+            raise TypeError(f"x_t and y_t must be torch tensors, got {type(x_t).__name__}, {type(y_t).__name__}")
+        ndim = self.spatial_dims + 2
+        for name, v, c in (("x_t", x_t, self.x_channels), ("y_t", y_t, self.y_channels)):
+            if v.ndim != ndim:
+                raise ValueError(
+                    f"{name} must have shape (B, {c}, {', '.join(['S'] * self.spatial_dims)}) for "
+                    f"spatial_dims={self.spatial_dims}, got {tuple(v.shape)}"
+                )
+            if v.shape[1] != c:
+                raise ValueError(f"{name} must have {c} channels, got {v.shape[1]} (shape {tuple(v.shape)})")
+        if x_t.shape[0] != y_t.shape[0]:
+            raise ValueError(f"x_t and y_t batch sizes differ: {x_t.shape[0]} vs {y_t.shape[0]}")
+        if x_t.shape[2:] != y_t.shape[2:]:
+            raise ValueError(f"x_t and y_t spatial sizes differ: {tuple(x_t.shape[2:])} vs {tuple(y_t.shape[2:])}")
+        t = torch.as_tensor(t, device=x_t.device, dtype=x_t.dtype)
+        batch = x_t.shape[0]
+        if t.ndim == 0 or (t.ndim == 1 and t.numel() == 1 and batch != 1):
+            t = t.reshape(()).expand(batch)
+        if t.shape != (batch,):
+            raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
+        return t
+
+    def forward(
+        self, x_t: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Velocities ``(v_x, v_y)`` with the shapes of ``(x_t, y_t)``; ``t`` is (B,) or a scalar."""
+        t = self._check_inputs(x_t, y_t, t)
+        h = torch.cat([x_t, y_t], dim=1)
+        size = h.shape[2:]
+        target = [-(-s // self.size_multiple) * self.size_multiple for s in size]
+        if list(size) != target:
+            pad: list[int] = []
+            # F.pad lists the last axis first; centre the image, any odd extra pixel goes after it
+            for s, s_new in zip(reversed(size), reversed(target)):
+                before = (s_new - s) // 2
+                pad += [before, s_new - s - before]
+            h = F.pad(h, pad, mode=self.padding_mode)
+            starts = pad[-2::-2]  # the "before" amounts, first spatial axis first
+            h = self.unet(h, timesteps=t * self.time_scale)
+            h = h[(slice(None), slice(None)) + tuple(slice(b, b + s) for b, s in zip(starts, size))]
+        else:
+            h = self.unet(h, timesteps=t * self.time_scale)
+        return h[:, : self.x_channels], h[:, self.x_channels :]

@@ -1,0 +1,279 @@
+"""Array transforms between class labels and SymmFlow code masks (MONAI style, numpy or torch).
+
+Every transform takes a :class:`~medsymmflow.codes.ClassCodebook`, or a codebook kind name
+(``"gray"``, ``"rgb"``, ``"palette"``) together with ``num_classes``. Outputs follow the input's
+container: numpy in -> numpy out, torch in -> torch out on the same device, and a
+:class:`monai.data.MetaTensor` keeps its metadata where the output lives on the same grid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.config.type_definitions import NdarrayOrTensor
+from monai.data import MetaTensor
+from monai.transforms import RandomizableTransform, Transform
+from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type
+
+from medsymmflow.codes import DECISIONS, ClassCodebook
+
+__all__ = [
+    "ClassToCodeMask",
+    "CodeMaskToClass",
+    "LabelMapToCodeMask",
+    "UniformDequantize",
+    "resolve_codebook",
+]
+
+
+def resolve_codebook(codebook: ClassCodebook | str, num_classes: int | None = None) -> ClassCodebook:
+    """Return ``codebook`` itself, or build ``ClassCodebook.from_kind(codebook, num_classes)`` from a kind name."""
+    if isinstance(codebook, ClassCodebook):
+        if num_classes is not None and int(num_classes) != codebook.num_classes:
+            raise ValueError(
+                f"num_classes={num_classes} disagrees with the given codebook, which has {codebook.num_classes} classes"
+            )
+        return codebook
+    if isinstance(codebook, str):
+        if num_classes is None:
+            raise ValueError(f"building a {codebook!r} codebook needs num_classes")
+        return ClassCodebook.from_kind(codebook, num_classes)
+    raise TypeError(
+        f"codebook must be a ClassCodebook or a kind name ('gray', 'rgb', 'palette'), got {type(codebook).__name__}"
+    )
+
+
+def _as_plain_tensor(data: NdarrayOrTensor | int | float, what: str) -> torch.Tensor:
+    """Torch view of numpy / torch / python-number input without MetaTensor metadata."""
+    if isinstance(data, MetaTensor):
+        return data.as_tensor()
+    if isinstance(data, torch.Tensor):
+        return data
+    if isinstance(data, (np.ndarray, np.generic, int, float)) and not isinstance(data, (bool, np.bool_)):
+        return torch.as_tensor(np.asarray(data))
+    raise TypeError(f"{what} must be a numpy array, a torch tensor or a number, got {type(data).__name__}")
+
+
+def _restore_type(out: torch.Tensor, like: object, dtype: torch.dtype, keep_meta: bool) -> NdarrayOrTensor:
+    """Give ``out`` the container type of ``like`` (numpy or torch); copy MetaTensor metadata only if ``keep_meta``."""
+    if isinstance(like, (np.ndarray, np.generic)):
+        return convert_data_type(out.detach(), output_type=np.ndarray, dtype=dtype)[0]
+    if isinstance(like, torch.Tensor):
+        dst = like if keep_meta or not isinstance(like, MetaTensor) else like.as_tensor()
+        return convert_to_dst_type(out, dst, dtype=dtype)[0]
+    return out.to(dtype)
+
+
+def _check_spatial_size(spatial_size: Sequence[int]) -> tuple[int, ...]:
+    """Validate a spatial size: a non-empty sequence of positive integers."""
+    if isinstance(spatial_size, str) or not isinstance(spatial_size, (Sequence, np.ndarray)):
+        raise TypeError(f"spatial_size must be a sequence of ints such as (28, 28), got {spatial_size!r}")
+    values = list(spatial_size)
+    if not values or any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 1 for s in values):
+        raise ValueError(f"spatial_size must hold one or more positive integers, got {tuple(values)}")
+    return tuple(int(s) for s in values)
+
+
+class ClassToCodeMask(Transform):
+    """One class index (int, 0-d or 1-element array) -> constant float32 code mask ``(C, *spatial_size)``.
+
+    Args:
+        codebook: a ``ClassCodebook`` or a kind name (``"gray"``, ``"rgb"``, ``"palette"``).
+        spatial_size: spatial shape of the mask, e.g. ``(28, 28)``; may instead be given per call.
+        num_classes: number of classes when ``codebook`` is a kind name.
+
+    A python int or a torch label gives a plain torch mask (on the label's device); a numpy label
+    (such as MedMNIST's shape-(1,) target) gives a numpy mask.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        codebook: ClassCodebook | str,
+        spatial_size: Sequence[int] | None = None,
+        num_classes: int | None = None,
+    ) -> None:
+        self.codebook = resolve_codebook(codebook, num_classes)
+        self.spatial_size = None if spatial_size is None else _check_spatial_size(spatial_size)
+
+    def __call__(self, label: NdarrayOrTensor | int, spatial_size: Sequence[int] | None = None) -> NdarrayOrTensor:
+        """Encode ``label``; ``spatial_size`` overrides the one given at construction."""
+        size = self.spatial_size if spatial_size is None else _check_spatial_size(spatial_size)
+        if size is None:
+            raise ValueError("ClassToCodeMask needs a spatial_size, at construction or in the call")
+        lab = _as_plain_tensor(label, "label")
+        if lab.numel() != 1:
+            raise ValueError(
+                f"ClassToCodeMask encodes one class per sample, got a label of shape {tuple(lab.shape)}; "
+                "use LabelMapToCodeMask for label maps"
+            )
+        mask = self.codebook.code_mask(lab.reshape(1), size)[0]
+        # A label's metadata does not describe the mask's grid, so none is carried over.
+        return _restore_type(mask, label, torch.float32, keep_meta=False)
+
+
+class LabelMapToCodeMask(Transform):
+    """Channel-first label map ``(1, H, W[, D])`` -> float32 code mask ``(C, H, W[, D])``.
+
+    Accepts integer maps and float maps holding whole values (``LoadImaged`` returns float
+    MetaTensors); a MetaTensor keeps its affine and metadata.
+
+    Args:
+        codebook: a ``ClassCodebook`` or a kind name.
+        num_classes: number of classes when ``codebook`` is a kind name.
+        ignore_index: label value left out of the codebook (e.g. 255 = unlabeled); those pixels get ``ignore_value``.
+        ignore_value: code value written at ``ignore_index`` pixels.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        codebook: ClassCodebook | str,
+        num_classes: int | None = None,
+        ignore_index: int | None = None,
+        ignore_value: float = 0.0,
+    ) -> None:
+        self.codebook = resolve_codebook(codebook, num_classes)
+        if ignore_index is not None and (isinstance(ignore_index, bool) or int(ignore_index) != ignore_index):
+            raise ValueError(f"ignore_index must be an integer or None, got {ignore_index!r}")
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.ignore_value = float(ignore_value)
+
+    def __call__(self, label_map: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Encode every pixel of ``label_map`` with its class code."""
+        lm = _as_plain_tensor(label_map, "label_map")
+        if lm.ndim not in (3, 4):
+            raise ValueError(
+                f"label map must be channel-first (1, H, W) or (1, H, W, D), got shape {tuple(lm.shape)}; "
+                "add the channel axis first (e.g. LoadImaged(..., ensure_channel_first=True))"
+            )
+        if lm.shape[0] != 1:
+            raise ValueError(
+                f"label map must have a single channel, got {lm.shape[0]} channels (shape {tuple(lm.shape)}); "
+                "an RGB/RGBA label image has to be converted to class indices first"
+            )
+        mask = self.codebook.label_map_to_code_mask(
+            lm[0], ignore_index=self.ignore_index, ignore_value=self.ignore_value
+        )
+        return _restore_type(mask, label_map, torch.float32, keep_meta=True)
+
+
+class UniformDequantize(RandomizableTransform):
+    """Add ``beta * U(-1/2, 1/2) / 127.5`` to every element of a floating code mask (``beta`` in 8-bit grey levels).
+
+    Args:
+        beta: noise width in grey levels; the noise stays within ``+-beta / 255``.
+        codebook: optional ``ClassCodebook`` or kind name; if given, a ``beta`` too large for its code
+            spacing raises at construction.
+        num_classes: number of classes when ``codebook`` is a kind name.
+        prob: probability of adding the noise.
+
+    Reproducible through ``set_random_state(seed)``.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        beta: float,
+        codebook: ClassCodebook | str | None = None,
+        num_classes: int | None = None,
+        prob: float = 1.0,
+    ) -> None:
+        RandomizableTransform.__init__(self, prob)
+        if isinstance(beta, bool) or not isinstance(beta, (int, float, np.integer, np.floating)):
+            raise TypeError(f"beta must be a number of grey levels, got {type(beta).__name__}")
+        if not math.isfinite(float(beta)) or beta < 0:
+            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+        self.beta = float(beta)
+        self.codebook = None if codebook is None else resolve_codebook(codebook, num_classes)
+        if self.codebook is not None:
+            self.codebook.check_beta(self.beta)
+        self.noise: np.ndarray | None = None
+
+    def randomize(self, img: NdarrayOrTensor) -> None:
+        """Decide whether to apply (``prob``) and draw noise of ``img``'s shape from ``self.R``."""
+        super().randomize(None)
+        if not self._do_transform:
+            return
+        self.noise = self.R.uniform(-0.5, 0.5, size=tuple(img.shape)) * (self.beta / 127.5)
+
+    def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
+        """Return ``img`` plus the noise (``img`` unchanged when the draw against ``prob`` fails)."""
+        if isinstance(img, torch.Tensor):
+            floating = img.is_floating_point()
+        elif isinstance(img, np.ndarray):
+            floating = np.issubdtype(img.dtype, np.floating)
+        else:
+            raise TypeError(f"UniformDequantize expects a numpy array or torch tensor, got {type(img).__name__}")
+        if not floating:
+            # Integer storage would round the sub-grey-level noise away.
+            raise TypeError(f"UniformDequantize expects a floating-point code mask, got dtype {img.dtype}")
+        if randomize:
+            self.randomize(img)
+        if not self._do_transform:
+            return img
+        if self.noise is None:
+            raise RuntimeError("call randomize() before UniformDequantize(..., randomize=False)")
+        if tuple(self.noise.shape) != tuple(img.shape):
+            raise ValueError(f"the drawn noise has shape {tuple(self.noise.shape)} but the input is {tuple(img.shape)}")
+        noise, *_ = convert_to_dst_type(self.noise, img)
+        return img + noise
+
+
+class CodeMaskToClass(Transform):
+    """Predicted code mask ``(C, *spatial)`` -> nearest class (``mean``/``mode``) or label map (``pixel``).
+
+    Returns, for ``decision="mean"`` or ``"mode"``, an int64 class of shape ``(1,)`` (plus, with
+    ``return_distance``, the ``(K,)`` distances to every code); for ``decision="pixel"`` an int64 label
+    map ``(1, *spatial)`` (plus the ``(1, *spatial)`` distance to the chosen code). Classes and
+    distances of ``mean``/``mode`` carry no MetaTensor metadata; ``pixel`` outputs keep it.
+
+    Args:
+        codebook: a ``ClassCodebook`` or a kind name.
+        num_classes: number of classes when ``codebook`` is a kind name.
+        decision: ``"mean"`` (nearest code to the spatial mean), ``"mode"`` (most common per-pixel
+            class) or ``"pixel"`` (per-pixel class).
+        return_distance: also return the distances described above, as a ``(labels, distances)`` tuple.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        codebook: ClassCodebook | str,
+        num_classes: int | None = None,
+        decision: str = "mean",
+        return_distance: bool = False,
+    ) -> None:
+        self.codebook = resolve_codebook(codebook, num_classes)
+        if decision not in DECISIONS:
+            raise ValueError(f"unknown decision {decision!r}; choose one of {', '.join(DECISIONS)}")
+        self.decision = decision
+        self.return_distance = bool(return_distance)
+
+    def __call__(self, code_mask: NdarrayOrTensor) -> NdarrayOrTensor | tuple[NdarrayOrTensor, NdarrayOrTensor]:
+        """Decode one code mask."""
+        y = _as_plain_tensor(code_mask, "code_mask")
+        if y.ndim < 2:
+            raise ValueError(f"code mask must be channel-first (C, *spatial), got shape {tuple(y.shape)}")
+        if y.dtype in (torch.float16, torch.bfloat16):
+            # torch.cdist has no half-precision CPU kernel; decode in float32.
+            y = y.float()
+        decoded = self.codebook.decode(y[None], self.decision)
+        if self.decision == "pixel":
+            labels = _restore_type(decoded.labels, code_mask, torch.int64, keep_meta=True)  # (1, *spatial)
+            dist = decoded.uncertainty
+            keep_meta = True
+        else:
+            labels = _restore_type(decoded.labels, code_mask, torch.int64, keep_meta=False)  # (1,)
+            dist = decoded.distances[0]  # (K,)
+            keep_meta = False
+        if not self.return_distance:
+            return labels
+        return labels, _restore_type(dist, code_mask, dist.dtype, keep_meta=keep_meta)

@@ -1,0 +1,148 @@
+"""The maths of the symmetric path, the loss, the time schedules and the ODE solver."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from medsymmflow.codes import ClassCodebook
+from medsymmflow.flow import SymmetricPath, SymmFlowLoss, SymmFlowSolver, TimeSampler, time_grid
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1e-4, 0.1])
+def test_path_endpoints_and_targets(sigma: float) -> None:
+    path = SymmetricPath(sigma_min=sigma)
+    x, y = torch.randn(4, 1, 5, 5), torch.randn(4, 3, 5, 5)
+    nx, ny = torch.randn_like(x), torch.randn_like(y)
+    s0 = path.sample(x, y, torch.zeros(4), nx, ny)
+    s1 = path.sample(x, y, torch.ones(4), nx, ny)
+    torch.testing.assert_close(s0.x_t, nx)  # t=0: image is noise
+    torch.testing.assert_close(s0.y_t, y)  # t=0: label is clean
+    torch.testing.assert_close(s1.x_t, x + sigma * nx)
+    torch.testing.assert_close(s1.y_t, ny + sigma * y)
+    torch.testing.assert_close(s0.dx_t, x - (1 - sigma) * nx)
+    torch.testing.assert_close(s0.dy_t, ny - (1 - sigma) * y)
+    # The target is the time derivative of the interpolant (finite difference check).
+    t, h = torch.full((4,), 0.3), 1e-3
+    xa, ya = path.interpolate(x, y, nx, ny, t + h)
+    xb, yb = path.interpolate(x, y, nx, ny, t - h)
+    torch.testing.assert_close((xa - xb) / (2 * h), s0.dx_t, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close((ya - yb) / (2 * h), s0.dy_t, atol=1e-3, rtol=1e-3)
+
+
+def test_recover_inverts_interpolation() -> None:
+    path = SymmetricPath(1e-4)
+    x, y = torch.randn(3, 2, 4, 4), torch.randn(3, 3, 4, 4)
+    s = path.sample(x, y, torch.tensor([0.2, 0.5, 0.9]))
+    rx, ry = path.recover(s.x_t, s.y_t, s.dx_t, s.dy_t, s.t)
+    torch.testing.assert_close(rx, x, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ry, y, atol=1e-5, rtol=1e-5)
+
+
+def test_path_rejects_bad_shapes() -> None:
+    path = SymmetricPath()
+    with pytest.raises(ValueError, match="batch sizes differ"):
+        path.sample(torch.zeros(2, 1, 3, 3), torch.zeros(3, 1, 3, 3), torch.zeros(2))
+    with pytest.raises(ValueError, match="t must be"):
+        path.sample(torch.zeros(2, 1, 3, 3), torch.zeros(2, 1, 3, 3), torch.zeros(3))
+    with pytest.raises(ValueError, match="sigma_min"):
+        SymmetricPath(sigma_min=1.0)
+
+
+def test_loss_weights_halves() -> None:
+    vx, vy = torch.ones(2, 1, 2, 2), torch.zeros(2, 3, 2, 2)
+    tx, ty = torch.zeros_like(vx), torch.full_like(vy, 2.0)
+    assert SymmFlowLoss(x_weight=1.0)(vx, vy, tx, ty).item() == pytest.approx(1.0)
+    assert SymmFlowLoss(x_weight=0.0)(vx, vy, tx, ty).item() == pytest.approx(4.0)
+    assert SymmFlowLoss(x_weight=0.7)(vx, vy, tx, ty).item() == pytest.approx(0.7 + 0.3 * 4)
+    assert SymmFlowLoss(reduction="none")(vx, vy, tx, ty).shape == (2,)
+    with pytest.raises(ValueError, match="shapes differ"):
+        SymmFlowLoss()(vx, vy, ty, tx)
+
+
+def test_time_schedules() -> None:
+    g = torch.Generator().manual_seed(0)
+    u = TimeSampler("uniform")(20000, generator=g)
+    assert 0 <= u.min() and u.max() <= 1 and abs(u.mean().item() - 0.5) < 0.01
+    ln = TimeSampler("logit_normal", loc=1.0)(20000, generator=g)
+    assert ln.mean() > 0.65  # leans toward t=1
+    pw = TimeSampler("power", skew=1.0)(20000, generator=g)
+    assert abs(pw.mean().item() - 2 / 3) < 0.01  # u ** (1/2) has mean 2/3
+    mix = TimeSampler("mixture", p_one=0.25)(20000, generator=g)
+    assert abs((mix == 1).float().mean().item() - 0.25) < 0.02
+    with pytest.raises(ValueError, match="unknown time schedule"):
+        TimeSampler("cosine")
+
+
+def test_euler_exact_on_constant_field_both_directions() -> None:
+    solver = SymmFlowSolver(lambda x, y, t: (torch.full_like(x, 2.0), torch.full_like(y, -1.0)))
+    x0, y0 = torch.zeros(2, 1, 3, 3), torch.zeros(2, 3, 3, 3)
+    fwd = solver.sample(x0, y0, t_start=0.0, t_end=1.0, steps=4)
+    torch.testing.assert_close(fwd.x, torch.full_like(x0, 2.0))
+    torch.testing.assert_close(fwd.y, torch.full_like(y0, -1.0))
+    assert fwd.nfe == 4
+    back = solver.sample(fwd.x, fwd.y, t_start=1.0, t_end=0.0, steps=1)
+    torch.testing.assert_close(back.x, x0)
+    torch.testing.assert_close(back.y, y0)
+
+
+def test_heun_exact_on_field_linear_in_time_and_second_order() -> None:
+    # dx/dt = t, dy/dt = 3 t^2 -> x(1) = 1/2, y(1) = 1 (Heun is exact for the first, 2nd order for the second)
+    solver = SymmFlowSolver(lambda x, y, t: (t.view(-1, 1).expand_as(x), 3 * t.view(-1, 1).expand_as(y) ** 2))
+    x0, y0 = torch.zeros(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    out = solver.sample(x0, y0, 0.0, 1.0, steps=3, method="heun")
+    assert out.x.item() == pytest.approx(0.5, abs=1e-12)
+    assert out.nfe == 6
+    errs = [abs(solver.sample(x0, y0, 0.0, 1.0, steps=n, method=m).y.item() - 1.0) for m in ("heun", "midpoint") for n in (4, 8)]
+    assert errs[0] / errs[1] == pytest.approx(4.0, rel=0.05)  # error quarters when steps double
+    assert errs[2] / errs[3] == pytest.approx(4.0, rel=0.05)
+    euler = [abs(solver.sample(x0, y0, 0.0, 1.0, steps=n).y.item() - 1.0) for n in (8, 16)]
+    assert euler[0] / euler[1] == pytest.approx(2.0, rel=0.1)
+
+
+def test_adaptive_dopri5_on_exponential() -> None:
+    solver = SymmFlowSolver(lambda x, y, t: (-x, 2 * y))
+    x0, y0 = torch.ones(2, 1, dtype=torch.float64), torch.ones(2, 1, dtype=torch.float64)
+    out = solver.sample(x0, y0, 0.0, 1.0, method="dopri5", return_intermediates=True)
+    assert out.x[0].item() == pytest.approx(math.exp(-1), rel=1e-5)
+    assert out.y[0].item() == pytest.approx(math.exp(2), rel=1e-5)
+    assert out.nfe > 2 and out.trajectory_x.shape == (2, 2, 1)
+
+
+def test_trajectory_and_errors() -> None:
+    solver = SymmFlowSolver(lambda x, y, t: (x * 0, y * 0 + 1))
+    out = solver.sample(torch.zeros(1, 1), torch.zeros(1, 1), 1.0, 0.0, steps=5, return_intermediates=True)
+    assert out.trajectory_y.shape == (6, 1, 1)
+    torch.testing.assert_close(out.trajectory_y[:, 0, 0], torch.linspace(0, -1, 6))
+    with pytest.raises(ValueError, match="unknown ODE method"):
+        solver.sample(torch.zeros(1, 1), torch.zeros(1, 1), method="rk45")
+    with pytest.raises(ValueError, match="NaN"):
+        solver.sample(torch.full((1, 1), float("nan")), torch.zeros(1, 1))
+    with pytest.raises(ValueError, match="steps"):
+        time_grid(1.0, 0.0, 0)
+    bad = SymmFlowSolver(lambda x, y, t: (x, y[:, :1]))
+    with pytest.raises(ValueError, match="velocity returned shapes"):
+        bad.sample(torch.zeros(1, 1), torch.zeros(1, 3))
+
+
+def test_one_euler_step_with_perfect_velocity_recovers_the_code() -> None:
+    """The oracle field of the conditional path maps (x, xi_y) at t=1 to the exact code in one step."""
+    path = SymmetricPath(1e-4)
+    cb = ClassCodebook.rgb(8)
+    labels = torch.arange(8)
+    y = cb.code_mask(labels, (4, 4))
+    x = torch.randn(8, 1, 4, 4)
+    a = 1 - path.sigma_min
+
+    def oracle(x_t: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tt = t.view(-1, 1, 1, 1)
+        xi_y = (y_t - (1 - a * tt) * y) / tt
+        return torch.zeros_like(x_t), xi_y - a * y
+
+    noise = torch.randn_like(y)
+    _, y1 = path.interpolate(x, y, torch.randn_like(x), noise, torch.ones(8))
+    out = SymmFlowSolver(oracle).sample(x, y1, 1.0, 0.0, steps=1)
+    torch.testing.assert_close(out.y, y, atol=1e-5, rtol=1e-5)
+    assert torch.equal(cb.decode(out.y).labels, labels)
