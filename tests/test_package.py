@@ -57,3 +57,13 @@ def test_public_api_has_docstrings_and_hints(module_name: str) -> None:
             if unhinted or sig.return_annotation is inspect.Signature.empty:
                 problems.append(f"{qual}: missing type hints")
     assert not problems, f"{module_name}: " + "; ".join(problems)
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    readme = (repo / "README.md").read_text()
+    block = readme.split("Run the tests:", 1)[1].split("```bash", 1)[1].split("```", 1)[0].strip()
+    ci = [line.strip() for line in (repo / ".ci/run").read_text().splitlines()]
+    assert block in ci, f"README's test command {block!r} is not what .ci/run runs"

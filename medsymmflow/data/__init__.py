@@ -4,6 +4,8 @@ Importing this package does not import medmnist (it creates ~/.medmnist on impor
 when a flag is first looked up.
 """
 
+from medsymmflow.data.augment import BatchAugment, batch_augment
+from medsymmflow.data.files import IMAGE_SUFFIXES, image_file_dicts, list_image_files
 from medsymmflow.data.medmnist import (
     MEDMNIST_SIZES,
     MEDMNIST_SPLITS,
@@ -20,12 +22,17 @@ from medsymmflow.data.sampling import class_balanced_weights, distributed_world,
 from medsymmflow.data.synthetic import synthetic_class_templates, write_synthetic_medmnist
 
 __all__ = [
+    "BatchAugment",
+    "IMAGE_SUFFIXES",
     "MEDMNIST_SIZES",
     "MEDMNIST_SPLITS",
     "MedMNISTArrays",
     "MedMNISTDataset",
+    "batch_augment",
     "class_balanced_weights",
     "distributed_world",
+    "image_file_dicts",
+    "list_image_files",
     "load_medmnist",
     "make_sampler",
     "medmnist_filename",

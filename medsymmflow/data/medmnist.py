@@ -332,6 +332,9 @@ def load_medmnist(
     names it; ``dataset_dir=None`` means medmnist's default ``~/.medmnist``. A missing file is downloaded
     through medmnist when ``download`` is true; an existing file is used as is (never re-downloaded).
     """
+    from monai.utils import str2bool
+
+    download = str2bool(download)  # bundle overrides arrive as strings ("false")
     info = medmnist_info(flag)
     flag = flag.lower()
     size = _check_size(size)

@@ -21,7 +21,8 @@ class SymmFlowEvaluator(Evaluator):
     ``state.output`` keys (batch-first tensors): ``image``, ``label`` (B,), ``pred`` (B,) and ``score``
     (B, K) of the first run (score = softmax(-d / temperature)), ``label_onehot`` (B, K),
     ``distances`` (runs, B, K), ``uncertainty`` (runs, B), ``draw_distances`` (runs, R, B, K),
-    ``pred_mode`` (runs, B), ``uncertainty_mode`` (runs, B), and ``index`` when the batch has one.
+    ``pred_mode`` (runs, B), ``uncertainty_mode`` (runs, B), ``index`` when the batch has one and
+    ``filename`` when it has a ``file`` key (the inference bundle copies each image's path there).
     The noise generator is re-seeded with ``seed`` at the start of every evaluation, so a run is
     reproducible and does not consume the training RNG stream.
     """
@@ -86,6 +87,9 @@ class SymmFlowEvaluator(Evaluator):
             out["label_onehot"] = torch.nn.functional.one_hot(lab, k).float()
         if isinstance(batchdata, dict) and "index" in batchdata:
             out["index"] = torch.as_tensor(batchdata["index"]).reshape(-1)
+        if isinstance(batchdata, dict) and "file" in batchdata:
+            names = batchdata["file"]
+            out["filename"] = [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
         engine.state.output = out
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return out

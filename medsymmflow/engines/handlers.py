@@ -5,16 +5,27 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
-from monai.handlers import CheckpointSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import set_determinism
 
-__all__ = ["AtomicCheckpointSaver", "AtomicDiskSaver", "EpochSeedHandler", "RunInfo", "atomic_write", "load_checkpoint"]
+__all__ = [
+    "EMAUpdate",
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "EpochSeedHandler",
+    "RunInfo",
+    "SafeCheckpointLoader",
+    "TrainingBudget",
+    "atomic_write",
+    "load_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +105,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
 class RunInfo:
     """What a checkpoint was trained on; loading a checkpoint of another dataset or codebook fails clearly."""
 
-    KEYS = ("flag", "num_classes", "code_kind", "image_channels", "code_channels", "size")
+    KEYS = ("flag", "num_classes", "code_kind", "image_channels", "code_channels", "size", "net_preset")
 
     def __init__(self, **info: Any) -> None:
         missing = [k for k in self.KEYS if k not in info]
@@ -108,7 +119,11 @@ class RunInfo:
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
         """Check that a checkpoint's run identity matches this run; raise ValueError naming the difference."""
-        diffs = [f"{k}: checkpoint {state.get(k)!r} vs this run {self.info[k]!r}" for k in self.KEYS if str(state.get(k)) != str(self.info[k])]
+        diffs = [
+            f"{k}: checkpoint {state.get(k)!r} vs this run {self.info[k]!r}"
+            for k in self.KEYS
+            if str(state.get(k)) != str(self.info[k])
+        ]
         if diffs:
             raise ValueError(
                 "the checkpoint was trained for a different dataset or codebook ("
@@ -126,3 +141,69 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated / foreign files
         raise ValueError(f"checkpoint {path} could not be read ({type(e).__name__}: {e}); it may be truncated or not a torch checkpoint") from e
+
+
+class SafeCheckpointLoader(CheckpointLoader):
+    """MONAI's CheckpointLoader with one clear message for a missing, truncated or foreign checkpoint."""
+
+    def __call__(self, engine: Engine) -> None:
+        """Check the file, then restore every object of ``load_dict``."""
+        load_checkpoint(self.load_path)  # raises FileNotFoundError / ValueError naming the file
+        super().__call__(engine)
+
+
+class TrainingBudget:
+    """Stops training cleanly after ``stop_epoch`` epochs or once ``max_minutes`` of wall clock have passed.
+
+    The engine then completes normally, so the final checkpoint and the evaluation still run; a later
+    run with ``resume`` continues from there. The time check happens after every iteration, counting
+    from the engine's start (data loading and validation included).
+    """
+
+    def __init__(self, stop_epoch: int | None = None, max_minutes: float | None = None) -> None:
+        if stop_epoch is not None and int(stop_epoch) < 1:
+            raise ValueError(f"stop_epoch must be >= 1, got {stop_epoch}")
+        if max_minutes is not None and not float(max_minutes) > 0:
+            raise ValueError(f"max_minutes must be > 0, got {max_minutes}")
+        self.stop_epoch = None if stop_epoch is None else int(stop_epoch)
+        self.max_seconds = None if max_minutes is None else 60.0 * float(max_minutes)
+        self._start = 0.0
+
+    def attach(self, engine: Engine) -> None:
+        """Register the clock start and the checks."""
+        engine.add_event_handler(Events.STARTED, self._started)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._check_epoch)
+        if self.max_seconds is not None:
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self._check_time)
+
+    def _started(self, engine: Engine) -> None:
+        self._start = time.monotonic()
+
+    def _check_epoch(self, engine: Engine) -> None:
+        if self.stop_epoch is not None and engine.state.epoch >= self.stop_epoch:
+            logger.info("stopping after epoch %d as asked (stop_epoch)", engine.state.epoch)
+            engine.terminate()
+
+    def _check_time(self, engine: Engine) -> None:
+        if time.monotonic() - self._start >= self.max_seconds:
+            logger.info("time budget of %.1f min used up at epoch %d; stopping", self.max_seconds / 60, engine.state.epoch)
+            engine.terminate()
+
+
+class EMAUpdate:
+    """Updates an EMA (``torch.optim.swa_utils.AveragedModel``) from the trained network after every iteration."""
+
+    def __init__(self, ema: torch.nn.Module, network: torch.nn.Module) -> None:
+        if not hasattr(ema, "update_parameters"):
+            raise TypeError(f"ema must be an AveragedModel (see medsymmflow.networks.create_ema), got {type(ema).__name__}")
+        self.ema = ema
+        # DDP wraps the network; the EMA averages the bare module so its weights load anywhere.
+        self.network = getattr(network, "module", network)
+
+    def attach(self, engine: Engine) -> None:
+        """Register the update on ``ITERATION_COMPLETED``."""
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        """One EMA step."""
+        self.ema.update_parameters(self.network)

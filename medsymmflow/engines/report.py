@@ -16,7 +16,7 @@ from ignite.engine import Engine, Events
 from medsymmflow.engines.handlers import atomic_write
 from medsymmflow.metrics.classification import mean_two_sigma, medmnist_metrics, probabilities, torchmetrics_metrics
 
-__all__ = ["ClassificationReport"]
+__all__ = ["ClassificationReport", "InferenceReport"]
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +148,64 @@ def _draw_spread(draw_distances: torch.Tensor) -> torch.Tensor:
     votes = draw_distances.argmin(-1)  # (R, N)
     majority = torch.mode(votes, dim=0).values
     return (votes != majority).double().mean(0)
+
+
+class InferenceReport:
+    """Writes each image's class, per-class scores and uncertainty to ``predictions.csv`` and ``.json``.
+
+    For unlabelled images run through :class:`SymmFlowEvaluator` (e.g. files from LoadImage).
+    """
+
+    def __init__(
+        self, output_dir: str | os.PathLike, temperature: float = 0.1, class_names: Sequence[str] | None = None
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.temperature = float(temperature)
+        self.class_names = list(class_names) if class_names is not None else None
+        self._rows: list[dict[str, Any]] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Collect at every iteration, write at completion."""
+        engine.add_event_handler(Events.STARTED, lambda _: self._rows.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        d = torch.as_tensor(out["distances"][0]).detach().cpu()
+        probs = probabilities(d, self.temperature)
+        unc = torch.as_tensor(out["uncertainty"][0]).detach().cpu()
+        spread = _draw_spread(torch.as_tensor(out["draw_distances"][0]).detach().cpu())
+        names = out.get("filename") or [str(len(self._rows) + i) for i in range(d.shape[0])]
+        k = d.shape[1]
+        class_names = self.class_names or [str(c) for c in range(k)]
+        for i in range(d.shape[0]):
+            c = int(d[i].argmin())
+            self._rows.append(
+                {
+                    "file": names[i],
+                    "class": c,
+                    "class_name": class_names[c],
+                    "uncertainty": float(unc[i]),
+                    "spread": float(spread[i]),
+                    "distances": [float(v) for v in d[i]],
+                    "scores": [float(v) for v in probs[i]],
+                }
+            )
+
+    def _write(self, engine: Engine) -> None:
+        if not self._rows:
+            raise ValueError("no images were classified: the input list is empty")
+        k = len(self._rows[0]["scores"])
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["file", "class", "class_name", "uncertainty", "spread"] + [f"score_{c}" for c in range(k)])
+        for r in self._rows:
+            writer.writerow(
+                [r["file"], r["class"], r["class_name"], f"{r['uncertainty']:.6g}", f"{r['spread']:.6g}"]
+                + [f"{v:.6g}" for v in r["scores"]]
+            )
+        atomic_write(self.output_dir / "predictions.csv", buf.getvalue())
+        payload = {"temperature": self.temperature, "class_names": self.class_names, "predictions": self._rows}
+        atomic_write(self.output_dir / "predictions.json", json.dumps(payload, indent=2) + "\n")
+        logger.info("classified %d images -> %s", len(self._rows), self.output_dir)

@@ -59,3 +59,27 @@ __all__ = [
     "spread_uncertainty",
     "uncertainty_score",
 ]
+
+# Report and plots (appended): predictions.csv -> selective_metrics.json + PNGs.
+from medsymmflow.metrics.plots import plot_accuracy_rejection, plot_reliability  # noqa: E402
+from medsymmflow.metrics.report import (  # noqa: E402
+    MEDSYMMFLOW_SCORES,
+    Predictions,
+    dataset_name,
+    load_predictions,
+    resolve_predictions_path,
+    selective_report,
+    write_selective_report,
+)
+
+__all__ += [
+    "MEDSYMMFLOW_SCORES",
+    "Predictions",
+    "dataset_name",
+    "load_predictions",
+    "plot_accuracy_rejection",
+    "plot_reliability",
+    "resolve_predictions_path",
+    "selective_report",
+    "write_selective_report",
+]

@@ -22,6 +22,8 @@ from medsymmflow.codes import DECISIONS, ClassCodebook
 
 __all__ = [
     "ClassToCodeMask",
+    "EnsureSpatial2D",
+    "MatchChannels",
     "CodeMaskToClass",
     "LabelMapToCodeMask",
     "UniformDequantize",
@@ -277,3 +279,72 @@ class CodeMaskToClass(Transform):
         if not self.return_distance:
             return labels
         return labels, _restore_type(dist, code_mask, dist.dtype, keep_meta=keep_meta)
+
+
+class MatchChannels(Transform):
+    """Channel-first image -> ``channels`` channels: gray is repeated to RGB, RGB(A) becomes luminance.
+
+    Lets a model trained on gray (1) or RGB (3) MedMNIST images take any PNG / JPEG / NIfTI a user has.
+    An alpha channel is dropped first.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    # ITU-R BT.601 luma weights, the same as PIL's "L" conversion.
+    LUMA = (0.299, 0.587, 0.114)
+
+    def __init__(self, channels: int) -> None:
+        if int(channels) not in (1, 3):
+            raise ValueError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
+        self.channels = int(channels)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Return ``img`` (C, *spatial) with ``self.channels`` channels."""
+        x = _as_plain_tensor(img, "image")
+        if x.ndim < 3:
+            raise ValueError(f"image must be channel-first (C, H, W[, D]), got shape {tuple(x.shape)}; use ensure_channel_first")
+        c = x.shape[0]
+        if c == 4:
+            x, c = x[:3], 3
+        if c not in (1, 3):
+            raise ValueError(f"cannot convert a {c}-channel image to {self.channels} channels (expected 1, 3 or 4)")
+        if c != self.channels:
+            if self.channels == 3:
+                x = x.expand((3,) + tuple(x.shape[1:]))
+            else:
+                w = torch.tensor(self.LUMA, dtype=torch.float32, device=x.device).reshape((3,) + (1,) * (x.ndim - 1))
+                x = (x.float() * w).sum(0, keepdim=True)
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        return _restore_type(x.contiguous().to(dtype), img, dtype, keep_meta=True)
+
+
+class EnsureSpatial2D(Transform):
+    """Channel-first image -> (C, H, W): drops singleton spatial axes (a 2-D NIfTI is often H x W x 1).
+
+    A real volume (more than two spatial axes longer than 1) raises a ValueError: the MedMNIST models
+    classify 2-D images, so a slice has to be chosen first.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Return ``img`` with exactly two spatial axes."""
+        from monai.transforms import SqueezeDim
+
+        shape = tuple(img.shape)
+        if len(shape) < 3:
+            raise ValueError(f"image must be channel-first (C, H, W[, D]), got shape {shape}")
+        spatial = [s for s in shape[1:] if s != 1]
+        if len(spatial) != 2:
+            raise ValueError(
+                f"expected a 2-D image, got spatial shape {shape[1:]}"
+                + ("; extract a 2-D slice first" if len(spatial) > 2 else "")
+            )
+        out = img
+        # Squeeze from the last axis so earlier indices stay valid; SqueezeDim keeps MetaTensor affine and meta.
+        for axis in range(len(shape) - 1, 0, -1):
+            if out.ndim > 3 and out.shape[axis] == 1:
+                out = SqueezeDim(dim=axis, update_meta=True)(out)
+        if isinstance(img, np.ndarray):
+            out = convert_data_type(out, output_type=np.ndarray)[0]
+        return out

@@ -15,7 +15,9 @@ from medsymmflow.codes import ClassCodebook
 from medsymmflow.transforms.array import (
     ClassToCodeMask,
     CodeMaskToClass,
+    EnsureSpatial2D,
     LabelMapToCodeMask,
+    MatchChannels,
     UniformDequantize,
 )
 
@@ -26,9 +28,11 @@ __all__ = [
     "CodeMaskToClassD",
     "CodeMaskToClassDict",
     "CodeMaskToClassd",
+    "EnsureSpatial2Dd",
     "LabelMapToCodeMaskD",
     "LabelMapToCodeMaskDict",
     "LabelMapToCodeMaskd",
+    "MatchChannelsd",
     "UniformDequantizeD",
     "UniformDequantizeDict",
     "UniformDequantized",
@@ -244,3 +248,37 @@ ClassToCodeMaskD = ClassToCodeMaskDict = ClassToCodeMaskd
 LabelMapToCodeMaskD = LabelMapToCodeMaskDict = LabelMapToCodeMaskd
 UniformDequantizeD = UniformDequantizeDict = UniformDequantized
 CodeMaskToClassD = CodeMaskToClassDict = CodeMaskToClassd
+
+
+class MatchChannelsd(MapTransform):
+    """Dictionary version of :class:`MatchChannels`."""
+
+    backend = MatchChannels.backend
+
+    def __init__(self, keys: KeysCollection, channels: int, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = MatchChannels(channels)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Convert every key's image to the target channel count."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class EnsureSpatial2Dd(MapTransform):
+    """Dictionary version of :class:`EnsureSpatial2D`."""
+
+    backend = EnsureSpatial2D.backend
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = EnsureSpatial2D()
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Squeeze every key's image to two spatial axes."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d

@@ -1,0 +1,1 @@
+"""Subcommands of the ``medsymmflow`` console script; each module has ``add_arguments`` and ``run``."""

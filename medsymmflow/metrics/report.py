@@ -1,0 +1,527 @@
+"""Selective-prediction and calibration report from an evaluation bundle's ``predictions.csv``.
+
+Inputs are the CSV files written by :class:`medsymmflow.engines.report.ClassificationReport` (columns
+``index, label, pred, uncertainty, dist_0..dist_{K-1}, score_0..score_{K-1}, pred_mode,
+uncertainty_mode, spread``) and, optionally, a baseline classifier's file with ``index, label, pred,
+uncertainty, score_0..score_{K-1}`` where ``score_k`` are softmax probabilities and ``uncertainty`` is
+``1 - max_k score_k``.
+
+:func:`load_predictions` reads and checks one file, :func:`selective_report` turns the files into one
+JSON-ready dict (selective metrics per decision and uncertainty score, calibration of
+``softmax(-d / tau)``, the baseline in the same structure), and :func:`write_selective_report` writes
+``selective_metrics.json``, ``accuracy_rejection.png`` and ``reliability.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from medsymmflow.metrics.calibration import (
+    calibration_metrics,
+    fit_temperature,
+    reliability_diagram_data,
+    softmax_from_distances,
+)
+from medsymmflow.metrics.selective import DEFAULT_REJECTION_RATES, coverage_key, selective_metrics
+from medsymmflow.metrics.uncertainty import margin_uncertainty
+
+__all__ = [
+    "MEDSYMMFLOW_SCORES",
+    "Predictions",
+    "dataset_name",
+    "load_predictions",
+    "resolve_predictions_path",
+    "selective_report",
+    "write_selective_report",
+]
+
+MEDSYMMFLOW_SCORES = ("distance", "margin", "spread")
+PREDICTIONS_FILE = "predictions.csv"
+VAL_PREDICTIONS_FILE = "val_predictions.csv"
+REPORT_FILES = {"json": "selective_metrics.json", "curves": "accuracy_rejection.png", "reliability": "reliability.png"}
+
+_SCORE_DEFINITIONS = {
+    "distance": "distance between the predicted code and the predicted class's code (the 'uncertainty' column; "
+    "'uncertainty_mode' for the mode decision)",
+    "margin": "-(d_second_nearest - d_nearest) over the dist_k columns (pixel-mean distances; the CSV holds no "
+    "per-class distances of the mode decision, so both decisions use these)",
+    "spread": "fraction of noise draws disagreeing with the majority vote (the 'spread' column), ties ordered by "
+    "the decision's distance score",
+    "msp": "baseline: 1 - maximum softmax probability (the baseline's 'uncertainty' column)",
+}
+_BASELINE_PROB_ATOL = 1e-3  # CSV values carry ~6 significant digits; a looser row sum is not a softmax output
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """One predictions CSV as arrays; ``distances`` / ``scores`` / mode columns are ``None`` when absent."""
+
+    path: Path
+    index: np.ndarray  # (N,) int64; 0..N-1 when the file has no index column
+    labels: np.ndarray  # (N,) int64
+    pred: np.ndarray  # (N,) int64, the "mean" decision (or the baseline's argmax)
+    uncertainty: np.ndarray  # (N,) float64
+    distances: np.ndarray | None  # (N, K) dist_k columns
+    scores: np.ndarray | None  # (N, K) score_k columns
+    pred_mode: np.ndarray | None  # (N,) int64
+    uncertainty_mode: np.ndarray | None  # (N,) float64
+    spread: np.ndarray | None  # (N,) float64
+    has_index: bool
+
+    @property
+    def num_samples(self) -> int:
+        """Number of rows."""
+        return int(self.labels.shape[0])
+
+    @property
+    def num_classes(self) -> int:
+        """K, from the dist_k columns (or the score_k columns when there are none)."""
+        arr = self.distances if self.distances is not None else self.scores
+        assert arr is not None  # load_predictions guarantees one of them
+        return int(arr.shape[1])
+
+
+def resolve_predictions_path(path: str | os.PathLike) -> Path:
+    """A ``predictions.csv`` path, or a bundle output folder holding one -> the CSV path (FileNotFoundError if absent)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / PREDICTIONS_FILE
+    if not p.is_file():
+        raise FileNotFoundError(f"predictions file not found: {p}")
+    return p
+
+
+def load_predictions(path: str | os.PathLike) -> Predictions:
+    """Read and check a predictions CSV (or the ``predictions.csv`` in a bundle output folder)."""
+    p = resolve_predictions_path(path)
+    with open(p, newline="") as f:
+        rows = list(csv.reader(f))
+    rows = [r for r in rows if any(cell.strip() for cell in r)]  # a trailing blank line is not a sample
+    if not rows:
+        raise ValueError(f"{p} is empty")
+    header = [h.strip() for h in rows[0]]
+    body = rows[1:]
+    if not body:
+        raise ValueError(f"{p} has a header but no data rows")
+    for line, r in enumerate(body, start=2):
+        if len(r) != len(header):
+            raise ValueError(f"{p} line {line} has {len(r)} fields but the header has {len(header)}")
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise ValueError(f"{p} repeats column(s): {', '.join(dup)}")
+    columns = {h: [r[i].strip() for r in body] for i, h in enumerate(header)}
+
+    k_dist, k_score = _family_size(p, header, "dist"), _family_size(p, header, "score")
+    missing = [c for c in ("label", "pred", "uncertainty") if c not in columns]
+    if k_dist == 0 and k_score == 0:
+        missing.append("dist_0..dist_{K-1} or score_0..score_{K-1}")
+    if missing:
+        raise ValueError(f"{p} is missing column(s): {', '.join(missing)}")
+    if k_dist and k_score and k_dist != k_score:
+        raise ValueError(f"{p} has {k_dist} dist_k columns but {k_score} score_k columns")
+    k = k_dist or k_score
+    if k < 2:
+        raise ValueError(f"{p} has a single class column; at least 2 classes are needed")
+
+    def numbers(name: str) -> np.ndarray:
+        return _parse_numbers(p, name, columns[name])
+
+    def classes(name: str) -> np.ndarray:
+        return _parse_classes(p, name, columns[name], k)
+
+    def matrix(prefix: str, size: int) -> np.ndarray | None:
+        return np.stack([numbers(f"{prefix}_{c}") for c in range(size)], axis=1) if size else None
+
+    distances, scores = matrix("dist", k_dist), matrix("score", k_score)
+    if distances is not None and distances.min() < 0:
+        raise ValueError(f"{p}: dist_k columns must be >= 0, found {distances.min():g}")
+
+    pred_mode = unc_mode = None
+    if "pred_mode" in columns and "uncertainty_mode" in columns:
+        blank = np.array([v == "" for v in columns["uncertainty_mode"]])
+        if blank.any() and not blank.all():
+            raise ValueError(
+                f"{p}: column 'uncertainty_mode' is blank in {int(blank.sum())} of {blank.size} rows "
+                f"(first at line {int(np.argmax(blank)) + 2}); it must be filled in every row or in none"
+            )
+        if not blank.all():  # the bundle leaves it blank when no mode decision was run
+            pred_mode, unc_mode = classes("pred_mode"), numbers("uncertainty_mode")
+    spread = numbers("spread") if "spread" in columns else None
+
+    has_index = "index" in columns
+    index = np.round(numbers("index")).astype(np.int64) if has_index else np.arange(len(body), dtype=np.int64)
+    return Predictions(
+        path=p,
+        index=index,
+        labels=classes("label"),
+        pred=classes("pred"),
+        uncertainty=numbers("uncertainty"),
+        distances=distances,
+        scores=scores,
+        pred_mode=pred_mode,
+        uncertainty_mode=unc_mode,
+        spread=spread,
+        has_index=has_index,
+    )
+
+
+def _family_size(path: Path, header: Sequence[str], prefix: str) -> int:
+    """K for the columns ``prefix_0..prefix_{K-1}``; a gap in the numbering is a missing column."""
+    found = sorted(int(m.group(1)) for h in header if (m := re.fullmatch(rf"{prefix}_(\d+)", h)))
+    if not found:
+        return 0
+    gaps = sorted(set(range(found[-1] + 1)) - set(found))
+    if gaps:
+        raise ValueError(f"{path} is missing column(s): {', '.join(f'{prefix}_{g}' for g in gaps)}")
+    return len(found)
+
+
+def _parse_numbers(path: Path, name: str, values: Sequence[str]) -> np.ndarray:
+    """Column -> float64 array; a non-numeric, NaN or infinite cell is an error naming column and line."""
+    out = np.empty(len(values), dtype=np.float64)
+    for i, v in enumerate(values):
+        try:
+            out[i] = float(v)
+        except ValueError:
+            raise ValueError(f"{path}: column '{name}' has a non-numeric value {v!r} at line {i + 2}") from None
+    bad = ~np.isfinite(out)
+    if bad.any():
+        raise ValueError(
+            f"{path}: column '{name}' has {int(bad.sum())} NaN or infinite value(s), first at line {int(np.argmax(bad)) + 2}"
+        )
+    return out
+
+
+def _parse_classes(path: Path, name: str, values: Sequence[str], num_classes: int) -> np.ndarray:
+    """Column of class indices -> int64 array, checked to be whole numbers in ``[0, K)``."""
+    x = _parse_numbers(path, name, values)
+    if not np.array_equal(x, np.round(x)):
+        raise ValueError(f"{path}: column '{name}' must hold whole class indices, found fractional values")
+    if x.min() < 0 or x.max() >= num_classes:
+        raise ValueError(
+            f"{path}: column '{name}' has class indices in [{int(x.min())}, {int(x.max())}] "
+            f"but the file has {num_classes} classes (0..{num_classes - 1})"
+        )
+    return x.astype(np.int64)
+
+
+def dataset_name(predictions_path: str | os.PathLike) -> str | None:
+    """The ``flag`` recorded in the ``metrics.json`` next to a predictions file, or ``None`` when there is none."""
+    metrics = resolve_predictions_path(predictions_path).parent / "metrics.json"
+    if not metrics.is_file():
+        return None
+    try:
+        data = json.loads(metrics.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{metrics} is not valid JSON: {e}") from None
+    flag = data.get("flag") if isinstance(data, dict) else None
+    return str(flag) if flag else None
+
+
+def _require_classes(pred: Predictions, role: str) -> None:
+    """At least two classes must be present in the labels: selective and calibration metrics need both kinds."""
+    present = np.unique(pred.labels)
+    if present.size < 2:
+        raise ValueError(
+            f"only class {int(present[0])} is present in the labels of the {role} file {pred.path}; "
+            "selective and calibration metrics need at least 2 classes"
+        )
+
+
+def _require_same_k(reference: Predictions, other: Predictions, role: str) -> None:
+    if other.num_classes != reference.num_classes:
+        raise ValueError(
+            f"class count mismatch: {reference.path} has K={reference.num_classes} classes but the {role} file "
+            f"{other.path} has K={other.num_classes}"
+        )
+
+
+def _rank_lexicographic(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
+    """Ranks ordering by ``primary`` then ``secondary`` (both ascending = more certain first)."""
+    order = np.lexsort((secondary, primary))
+    ranks = np.empty(order.shape[0], dtype=np.float64)
+    ranks[order] = np.arange(order.shape[0])
+    return ranks
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars / arrays -> plain Python, NaN -> None (JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if not math.isfinite(float(value)) else float(value)
+    return value
+
+
+def _score_entry(
+    correct: np.ndarray, uncertainty: np.ndarray, coverages: Sequence[float], rates: np.ndarray
+) -> dict[str, Any]:
+    m = selective_metrics(correct, uncertainty, coverages, rates)
+    entry = {"accuracy": m["accuracy"], "aurc": m["aurc"], "eaurc": m["eaurc"]}
+    entry.update({coverage_key(c): m[coverage_key(c)] for c in coverages})
+    entry["accuracy_rejection"] = m["rejection_accuracies"]
+    return entry
+
+
+def _reliability_entry(probs: np.ndarray, labels: np.ndarray, n_bins: int) -> dict[str, Any]:
+    bins = reliability_diagram_data(probs, labels, n_bins)
+    return {
+        **calibration_metrics(probs, labels, n_bins),
+        "bins": n_bins,
+        "reliability": {"confidences": bins.confidences, "accuracies": bins.accuracies, "counts": bins.counts},
+    }
+
+
+def _check_scores(scores: Sequence[str]) -> list[str]:
+    names = [s.strip() for s in scores if s.strip()]
+    unknown = [s for s in names if s not in MEDSYMMFLOW_SCORES]
+    if unknown:
+        raise ValueError(f"unknown uncertainty score(s) {', '.join(unknown)}; choose from {', '.join(MEDSYMMFLOW_SCORES)}")
+    if not names:
+        raise ValueError(f"no uncertainty score selected; choose from {', '.join(MEDSYMMFLOW_SCORES)}")
+    return list(dict.fromkeys(names))
+
+
+def _fit_tau(distances: np.ndarray, labels: np.ndarray, where: str, notes: list[str]) -> float:
+    """fit_temperature, with its RuntimeWarnings (tau on a search bound) kept as report warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        tau = fit_temperature(distances, labels)
+    notes.extend(f"temperature fit on {where}: {w.message}" for w in caught if issubclass(w.category, RuntimeWarning))
+    return tau
+
+
+def _calibration(
+    test: Predictions, val: Predictions | None, temperature: float | None, n_bins: int, warn: list[str]
+) -> dict[str, Any]:
+    """Temperature (and where it came from) plus ECE / Brier / NLL / reliability bins of softmax(-d / tau)."""
+    assert test.distances is not None
+    if val is not None:
+        assert val.distances is not None
+        tau = _fit_tau(val.distances, val.labels, f"validation file {val.path}", warn)
+        source = {"temperature_source": "validation", "temperature_file": str(val.path)}
+    elif temperature is not None:
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
+        tau, source = float(temperature), {"temperature_source": "argument", "temperature_file": None}
+    else:
+        warn.append(
+            "no validation predictions: the temperature was fitted on the test predictions themselves, "
+            "so the calibration numbers are optimistic"
+        )
+        tau = _fit_tau(test.distances, test.labels, f"test file {test.path}", warn)
+        source = {"temperature_source": "test", "temperature_file": str(test.path)}
+    probs = softmax_from_distances(test.distances, tau)
+    return {"temperature": tau, **source, **_reliability_entry(probs, test.labels, n_bins)}
+
+
+def _baseline_section(
+    baseline: Predictions, test: Predictions, coverages: Sequence[float], rates: np.ndarray, n_bins: int
+) -> dict[str, Any]:
+    """The baseline classifier in the same structure: one decision (argmax) scored by 1 - max softmax."""
+    if baseline.scores is None:
+        raise ValueError(f"the baseline file {baseline.path} has no score_0..score_{{K-1}} (softmax probability) columns")
+    _require_same_k(test, baseline, "baseline")
+    _require_classes(baseline, "baseline")
+    probs = baseline.scores
+    worst = float(np.abs(probs.sum(axis=1) - 1.0).max())
+    if probs.min() < 0 or probs.max() > 1 or worst > _BASELINE_PROB_ATOL:
+        raise ValueError(
+            f"the baseline file {baseline.path}: score_k columns must be softmax probabilities "
+            f"(in [0, 1], rows summing to 1), found a row sum off by {worst:.3g}"
+        )
+    probs = probs / probs.sum(axis=1, keepdims=True)  # undo CSV rounding so the rows sum to 1 exactly
+    notes: list[str] = []
+    if baseline.num_samples != test.num_samples or not np.array_equal(np.sort(baseline.index), np.sort(test.index)):
+        notes.append(
+            f"the baseline covers a different sample set ({baseline.num_samples} rows) than the predictions "
+            f"({test.num_samples} rows); its numbers are not paired with MedSymmFlow's"
+        )
+    else:
+        by_index = dict(zip(test.index.tolist(), test.labels.tolist()))
+        differ = sum(by_index[i] != lab for i, lab in zip(baseline.index.tolist(), baseline.labels.tolist()))
+        if differ:
+            raise ValueError(
+                f"the baseline file {baseline.path} gives a different label than {test.path} for {differ} "
+                "sample index(es): they are not predictions on the same test set"
+            )
+    correct = baseline.pred == baseline.labels
+    return {
+        "path": str(baseline.path),
+        "num_samples": baseline.num_samples,
+        "decisions": {"argmax": {"msp": _score_entry(correct, baseline.uncertainty, coverages, rates)}},
+        "calibration": {
+            "temperature": None,
+            "temperature_source": "none: the baseline's softmax probabilities are used as given",
+            "temperature_file": None,
+            **_reliability_entry(probs, baseline.labels, n_bins),
+        },
+        "notes": notes,
+    }
+
+
+def selective_report(
+    predictions: Predictions,
+    val_predictions: Predictions | None = None,
+    baseline: Predictions | None = None,
+    scores: Sequence[str] = MEDSYMMFLOW_SCORES,
+    temperature: float | None = None,
+    n_bins: int = 15,
+    coverages: Sequence[float] = (0.8, 0.9),
+    rejection_rates: np.ndarray | Sequence[float] = DEFAULT_REJECTION_RATES,
+    dataset: str | None = None,
+) -> dict[str, Any]:
+    """Selective-prediction and calibration numbers for MedSymmFlow predictions (and a baseline) as a JSON-ready dict.
+
+    For each decision (``mean``, and ``mode`` when the file has it) and each uncertainty score: accuracy,
+    AURC, E-AURC, ``acc@<coverage>`` and the accuracy-rejection curve at ``rejection_rates``. Calibration of
+    ``softmax(-d / tau)``: ``tau`` is fitted on ``val_predictions`` when given, else ``temperature`` is used,
+    else ``tau`` is fitted on the test predictions (recorded in ``warnings``). Pass either
+    ``val_predictions`` or ``temperature``, not both.
+    """
+    if val_predictions is not None and temperature is not None:
+        raise ValueError("pass either validation predictions to fit the temperature (--val-predictions) or a fixed temperature (--temperature), not both")
+    if predictions.distances is None:
+        raise ValueError(
+            f"{predictions.path} has no dist_0..dist_{{K-1}} columns; a baseline classifier's file goes in the "
+            "baseline argument (--baseline)"
+        )
+    names = _check_scores(scores)
+    _require_classes(predictions, "predictions")
+    if val_predictions is not None:
+        if val_predictions.distances is None:
+            raise ValueError(f"the validation file {val_predictions.path} has no dist_0..dist_{{K-1}} columns")
+        _require_same_k(predictions, val_predictions, "validation")
+        _require_classes(val_predictions, "validation")
+    rates = np.asarray(rejection_rates, dtype=np.float64)
+    warn: list[str] = []
+    notes: list[str] = []
+
+    decisions: dict[str, tuple[np.ndarray, np.ndarray]] = {"mean": (predictions.pred, predictions.uncertainty)}
+    if predictions.pred_mode is not None and predictions.uncertainty_mode is not None:
+        decisions["mode"] = (predictions.pred_mode, predictions.uncertainty_mode)
+    else:
+        notes.append("mode decision skipped: the file has no pred_mode / uncertainty_mode values")
+    use_spread = "spread" in names
+    if use_spread and predictions.spread is None:
+        notes.append("spread skipped: the file has no spread column")
+        use_spread = False
+    elif use_spread and not np.any(predictions.spread):
+        notes.append("spread skipped: every spread value is 0 (a single noise draw); evaluate with several draws")
+        use_spread = False
+
+    margin = margin_uncertainty(predictions.distances)
+    section: dict[str, Any] = {"decisions": {}}
+    for decision, (pred, distance) in decisions.items():
+        correct = pred == predictions.labels
+        by_score: dict[str, Any] = {}
+        for name in names:
+            if name == "distance":
+                by_score[name] = _score_entry(correct, distance, coverages, rates)
+            elif name == "margin":
+                by_score[name] = _score_entry(correct, margin, coverages, rates)
+            elif use_spread:
+                assert predictions.spread is not None
+                # spread takes few values (multiples of 1/R): order ties by distance rather than file order
+                ranked = _rank_lexicographic(predictions.spread, distance)
+                by_score[name] = _score_entry(correct, ranked, coverages, rates)
+        section["decisions"][decision] = by_score
+    section["calibration"] = _calibration(predictions, val_predictions, temperature, n_bins, warn)
+    section["notes"] = notes
+
+    report: dict[str, Any] = {
+        "dataset": dataset,
+        "predictions": str(predictions.path),
+        "num_samples": predictions.num_samples,
+        "num_classes": predictions.num_classes,
+        "rejection_rates": rates,
+        "coverages": list(coverages),
+        "scores": [n for n in names if n != "spread" or use_spread],
+        "definitions": {k: v for k, v in _SCORE_DEFINITIONS.items() if k in names or (k == "msp" and baseline)},
+        "medsymmflow": section,
+        "baseline": None if baseline is None else _baseline_section(baseline, predictions, coverages, rates, n_bins),
+        "warnings": warn,
+    }
+    return _jsonable(report)
+
+
+_SCORE_COLORS = {"distance": "tab:blue", "margin": "tab:orange", "spread": "tab:green"}
+_DECISION_STYLES = {"mean": "-", "mode": "--"}
+
+
+def _report_curves(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Accuracy-rejection curves of a :func:`selective_report` dict, with a line style per decision and score."""
+    rates = report["rejection_rates"]
+    curves: dict[str, dict[str, Any]] = {}
+    for decision, by_score in report["medsymmflow"]["decisions"].items():
+        for score, entry in by_score.items():
+            curves[f"MedSymmFlow {decision}, {score} (E-AURC {entry['eaurc']:.3f})"] = {
+                "rates": rates,
+                "accuracies": entry["accuracy_rejection"],
+                "style": {"color": _SCORE_COLORS.get(score), "linestyle": _DECISION_STYLES.get(decision, "-")},
+            }
+    if report.get("baseline"):
+        entry = report["baseline"]["decisions"]["argmax"]["msp"]
+        curves[f"baseline, 1 - max softmax (E-AURC {entry['eaurc']:.3f})"] = {
+            "rates": rates,
+            "accuracies": entry["accuracy_rejection"],
+            "style": {"color": "black", "linestyle": ":", "marker": "."},
+        }
+    return curves
+
+
+def _report_bins(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Reliability bins of a :func:`selective_report` dict, labelled by model (and temperature)."""
+    cal = report["medsymmflow"]["calibration"]
+    bins = {
+        f"MedSymmFlow softmax(-d/tau), tau={cal['temperature']:.3g} ({cal['temperature_source']})": {
+            **cal["reliability"],
+            "ece": cal["ece"],
+        }
+    }
+    if report.get("baseline"):
+        base = report["baseline"]["calibration"]
+        bins["baseline softmax"] = {**base["reliability"], "ece": base["ece"]}
+    return bins
+
+
+def write_selective_report(
+    report: dict[str, Any], output_dir: str | os.PathLike, title: str | None = None
+) -> dict[str, Path]:
+    """Write ``selective_metrics.json``, ``accuracy_rejection.png`` and ``reliability.png`` atomically to ``output_dir``."""
+    from medsymmflow.engines.handlers import atomic_write  # pulls MONAI / ignite: only when writing
+    from medsymmflow.metrics.plots import plot_accuracy_rejection, plot_reliability
+
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path {out} exists and is not a folder")
+    if title is None and report.get("dataset"):
+        title = str(report["dataset"])
+    paths = {
+        "json": atomic_write(out / REPORT_FILES["json"], json.dumps(report, indent=2) + "\n"),
+        "curves": plot_accuracy_rejection(
+            _report_curves(report), out / REPORT_FILES["curves"], title=_title("accuracy-rejection", title)
+        ),
+        "reliability": plot_reliability(
+            _report_bins(report), out / REPORT_FILES["reliability"], title=_title("reliability", title)
+        ),
+    }
+    return paths
+
+
+def _title(kind: str, dataset: str | None) -> str:
+    return f"{dataset}: {kind}" if dataset else kind

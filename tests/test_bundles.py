@@ -1,0 +1,232 @@
+"""End-to-end MONAI bundle runs on tiny synthetic MedMNIST files: train -> evaluate -> inference, resume, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medsymmflow.data import write_synthetic_medmnist
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = ("pneumoniamnist", "bloodmnist", "dermamnist", "retinamnist")
+
+pytestmark = pytest.mark.slow
+
+
+def run_bundle(configs: list[str], *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` from the repository root, as a user runs it."""
+    config = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *overrides]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"bundle run failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    return out
+
+
+def tiny(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
+    """Overrides for a seconds-long run on synthetic data."""
+    return [
+        "--dataset_dir", str(data_dir), "--download", "false", "--net_preset", "tiny",
+        "--output_dir", str(output_dir), "--device", "cpu", *extra,
+    ]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("medmnist")
+    write_synthetic_medmnist(d, "pneumoniamnist", n_train=48, n_val=24, n_test=40, seed=1)
+    write_synthetic_medmnist(d, "breastmnist", n_train=16, n_val=8, n_test=8, seed=2)
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    run_bundle(
+        ["bundles/pneumoniamnist/train.json"],
+        *tiny(data_dir, out, "--epochs", "2", "--batch_size", "16", "--warmup_epochs", "0", "--training#val_interval", "1"),
+    )
+    return out
+
+
+def test_train_writes_checkpoints_metrics_and_predictions(trained: Path) -> None:
+    for name in ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.json", "predictions.csv"):
+        assert (trained / name).is_file(), name
+    assert any((trained / "tensorboard").iterdir())
+    last = torch.load(trained / "checkpoints/last.pt", map_location="cpu", weights_only=True)
+    assert set(last) >= {"run_info", "network", "ema", "optimizer", "lr_scheduler", "trainer"}
+    assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"] == 6  # 2 epochs of 48 / 16
+    assert last["run_info"]["flag"] == "pneumoniamnist" and last["run_info"]["num_classes"] == 2
+    assert not list(trained.glob("**/*.tmp")), "temporary files left behind"
+
+
+def test_metrics_agree_with_predictions(trained: Path) -> None:
+    metrics = json.loads((trained / "metrics.json").read_text())
+    rows = read_csv(trained / "predictions.csv")
+    assert metrics["num_samples"] == len(rows) == 40 and metrics["num_runs"] == 5
+    labels = np.array([int(r["label"]) for r in rows])
+    pred = np.array([int(r["pred"]) for r in rows])
+    dist = np.array([[float(r["dist_0"]), float(r["dist_1"])] for r in rows])
+    score = np.array([[float(r["score_0"]), float(r["score_1"])] for r in rows])
+    unc = np.array([float(r["uncertainty"]) for r in rows])
+    np.testing.assert_array_equal(pred, dist.argmin(1))
+    np.testing.assert_allclose(unc, dist.min(1), rtol=1e-4)
+    np.testing.assert_allclose(score.sum(1), 1.0, atol=1e-4)
+    run0 = metrics["runs"][0]
+    assert run0["torchmetrics"]["acc"] == pytest.approx((pred == labels).mean())
+    # medmnist's Evaluator and torchmetrics compute the same ACC / AUC from the same scores.
+    assert run0["medmnist"]["acc"] == pytest.approx(run0["torchmetrics"]["acc"])
+    assert run0["medmnist"]["auc"] == pytest.approx(run0["torchmetrics"]["auc"], abs=1e-6)
+    accs = metrics["summary"]["torchmetrics"]["acc"]
+    assert accs["mean"] == pytest.approx(np.mean(accs["runs"]))
+    assert accs["two_sigma"] == pytest.approx(2 * np.std(accs["runs"], ddof=1))
+    assert sorted(map(int, (r["index"] for r in rows))) == list(range(40))
+
+
+def test_evaluate_alone_reproduces_the_evaluation_after_training(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    after_training = json.loads((trained / "metrics.json").read_text())
+    out = tmp_path / "eval"
+    run_bundle(
+        ["bundles/pneumoniamnist/evaluate.json"],
+        *tiny(data_dir, out, "--ckpt_path", str(trained / "checkpoints/best.pt"), "--evaluation#runs", "2"),
+    )
+    alone = json.loads((out / "metrics.json").read_text())
+    assert alone["num_runs"] == 2
+    # same checkpoint and seed -> the first inference run is identical
+    assert alone["runs"][0] == after_training["runs"][0]
+    assert (out / "predictions.csv").read_text() == (trained / "predictions.csv").read_text()
+
+
+def test_inference_on_png_and_nifti_files(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+    from PIL import Image
+
+    images = np.load(data_dir / "pneumoniamnist.npz")["test_images"]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(images[i]).save(folder / f"case{i}.png")
+    Image.fromarray(np.stack([images[3]] * 3, -1)).save(folder / "rgb.jpg")
+    nib.save(nib.Nifti1Image(images[4].astype(np.float32)[..., None], np.eye(4)), folder / "case4.nii.gz")
+    (folder / "notes.txt").write_text("not an image")
+    run_bundle(
+        ["bundles/pneumoniamnist/inference.json"],
+        *tiny(data_dir, trained, "--input", str(folder), "--ckpt_path", str(trained / "checkpoints/best.pt")),
+    )
+    rows = read_csv(trained / "inference/predictions.csv")
+    payload = json.loads((trained / "inference/predictions.json").read_text())
+    assert len(rows) == len(payload["predictions"]) == 5
+    assert {Path(r["file"]).name for r in rows} == {"case0.png", "case1.png", "case2.png", "rgb.jpg", "case4.nii.gz"}
+    for r, p in zip(rows, payload["predictions"]):
+        assert r["class_name"] == ["normal", "pneumonia"][int(r["class"])]
+        assert float(r["score_0"]) + float(r["score_1"]) == pytest.approx(1.0, abs=1e-4)
+        assert p["uncertainty"] == pytest.approx(min(p["distances"]), rel=1e-5)
+        assert p["class"] == int(np.argmin(p["distances"]))
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(data_dir: Path, tmp_path: Path) -> None:
+    common = ["--epochs", "2", "--batch_size", "16", "--warmup_epochs", "1", "--balanced", "true",
+              "--training#val_interval", "1", "--training#evaluate_after_training", "false"]
+    full, split = tmp_path / "full", tmp_path / "split"
+    run_bundle(["bundles/pneumoniamnist/train.json"], *tiny(data_dir, full, *common))
+    run_bundle(["bundles/pneumoniamnist/train.json"], *tiny(data_dir, split, *common, "--training#stop_epoch", "1"))
+    stopped = torch.load(split / "checkpoints/last.pt", map_location="cpu", weights_only=True)
+    assert stopped["trainer"]["iteration"] == stopped["trainer"]["epoch_length"]  # stopped after epoch 1
+    out = run_bundle(["bundles/pneumoniamnist/train.json"], *tiny(data_dir, split, *common, "--resume", "true"))
+    assert "Restored all variables" in out.stdout + out.stderr
+    a = torch.load(full / "checkpoints/last.pt", map_location="cpu", weights_only=True)
+    b = torch.load(split / "checkpoints/last.pt", map_location="cpu", weights_only=True)
+    assert a["trainer"]["iteration"] == b["trainer"]["iteration"] == 2 * a["trainer"]["epoch_length"]
+    for part in ("network", "ema"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), f"{part}.{k} differs after resume"
+    assert a["lr_scheduler"]["last_epoch"] == b["lr_scheduler"]["last_epoch"]
+    exp_avg_a = [s["exp_avg"] for s in a["optimizer"]["state"].values()]
+    exp_avg_b = [s["exp_avg"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(exp_avg_a, exp_avg_b))
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["--flag", "foomnist"], "unknown MedMNIST flag 'foomnist'"),
+        (["--flag", "chestmnist"], "multi-label"),
+        (["--flag", "dermamnist"], "dermamnist.npz not found"),
+    ],
+)
+def test_bad_overrides_end_with_one_clear_message(data_dir: Path, tmp_path: Path, overrides: list[str], message: str) -> None:
+    out = run_bundle(["bundles/pneumoniamnist/evaluate.json"], *tiny(data_dir, tmp_path, *overrides), check=False)
+    assert out.returncode != 0
+    errors = [line for line in out.stderr.splitlines() if line.startswith("medsymmflow: error:")]
+    assert len(errors) == 1 and message in errors[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+
+
+def test_checkpoint_of_another_flag_is_refused(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    out = run_bundle(
+        ["bundles/pneumoniamnist/evaluate.json"],
+        *tiny(data_dir, tmp_path, "--flag", "breastmnist", "--ckpt_path", str(trained / "checkpoints/best.pt")),
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "medsymmflow: error: the checkpoint was trained for a different dataset" in out.stderr
+    assert "flag: checkpoint 'pneumoniamnist' vs this run 'breastmnist'" in out.stderr
+    assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("bundle", BUNDLES)
+def test_bundle_metadata_verifies_against_the_schema_in_the_repo(bundle: str) -> None:
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(REPO / "bundles" / bundle / "metadata.json"), filepath=str(REPO / "configs/metadata_schema.json"))
+    for name in ("train.json", "evaluate.json", "inference.json", "metadata.json", "logging.conf", "README.md"):
+        assert (REPO / "bundles" / bundle / name).is_file(), f"bundles/{bundle}/{name} missing"
+
+
+def test_multi_process_training_with_gloo(data_dir: Path, tmp_path: Path) -> None:
+    """Two CPU processes (torchrun, gloo, DDP): each trains on half the data, rank 0 writes the results."""
+    out = tmp_path / "ddp"
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "monai.bundle", "run",
+        "--config_file", "['bundles/pneumoniamnist/train.json','bundles/pneumoniamnist/multi_gpu_train.json']",
+        *tiny(data_dir, out, "--epochs", "1", "--batch_size", "8", "--warmup_epochs", "0",
+              "--training#val_interval", "1", "--evaluation#runs", "1"),
+    ]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    last = torch.load(out / "checkpoints/last.pt", map_location="cpu", weights_only=True)
+    # 48 training images over 2 ranks in batches of 8 -> 3 iterations per epoch (a single process needs 6)
+    assert last["trainer"]["epoch_length"] == 3
+    assert (done.stdout + done.stderr).count("Engine run finished") >= 2  # both ranks trained
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_samples"] == 40
+
+
+def test_real_pneumoniamnist_beats_a_constant_predictor(shared_data: Path, tmp_path: Path) -> None:
+    """A few minutes of CPU training on the real PneumoniaMNIST must beat predicting the majority class."""
+    out = tmp_path / "real"
+    run_bundle(
+        ["bundles/pneumoniamnist/train.json", "configs/cpu.json"],
+        "--dataset_dir", str(shared_data / "medmnist"), "--download", "false", "--output_dir", str(out),
+        "--epochs", "4", "--training#budget_minutes", "3", "--evaluation#runs", "2",
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    labels = np.load(shared_data / "medmnist/pneumoniamnist.npz")["test_labels"].ravel()
+    majority = max(np.mean(labels == 0), np.mean(labels == 1))  # 390 / 624 = 0.625
+    summary = metrics["summary"]["medmnist"]
+    assert summary["acc"]["mean"] > majority + 0.03, summary
+    assert summary["auc"]["mean"] > 0.70, summary
