@@ -158,16 +158,32 @@ class TrainingBudget:
     The engine then completes normally, so the final checkpoint and the evaluation still run; a later
     run with ``resume`` continues from there. The time check happens after every iteration, counting
     from the engine's start (data loading and validation included).
+
+    With ``plan_epochs``, the first epoch's duration (validation included) sets how many epochs fit in
+    ``max_minutes``: ``max_epochs`` is lowered to that number and, when ``lr_scheduler`` has a ``t_total``
+    (MONAI's WarmupCosineSchedule, counted in iterations), the schedule is shortened to end with it, so
+    the learning rate is annealed within the budget instead of being cut off mid-schedule.
     """
 
-    def __init__(self, stop_epoch: int | None = None, max_minutes: float | None = None) -> None:
+    def __init__(
+        self,
+        stop_epoch: int | None = None,
+        max_minutes: float | None = None,
+        plan_epochs: bool = False,
+        lr_scheduler: Any = None,
+    ) -> None:
         if stop_epoch is not None and int(stop_epoch) < 1:
             raise ValueError(f"stop_epoch must be >= 1, got {stop_epoch}")
         if max_minutes is not None and not float(max_minutes) > 0:
             raise ValueError(f"max_minutes must be > 0, got {max_minutes}")
+        if plan_epochs and max_minutes is None:
+            raise ValueError("plan_epochs needs max_minutes")
         self.stop_epoch = None if stop_epoch is None else int(stop_epoch)
         self.max_seconds = None if max_minutes is None else 60.0 * float(max_minutes)
+        self.plan_epochs = bool(plan_epochs)
+        self.lr_scheduler = lr_scheduler
         self._start = 0.0
+        self._start_epoch = 0
 
     def attach(self, engine: Engine) -> None:
         """Register the clock start and the checks."""
@@ -178,11 +194,25 @@ class TrainingBudget:
 
     def _started(self, engine: Engine) -> None:
         self._start = time.monotonic()
+        self._start_epoch = engine.state.epoch
 
     def _check_epoch(self, engine: Engine) -> None:
+        if self.plan_epochs and engine.state.epoch == self._start_epoch + 1:
+            self._plan(engine, time.monotonic() - self._start)
         if self.stop_epoch is not None and engine.state.epoch >= self.stop_epoch:
             logger.info("stopping after epoch %d as asked (stop_epoch)", engine.state.epoch)
             engine.terminate()
+
+    def _plan(self, engine: Engine, first_epoch_seconds: float) -> None:
+        fit = self._start_epoch + max(1, int(self.max_seconds // max(first_epoch_seconds, 1e-6)))
+        planned = min(int(engine.state.max_epochs), fit)
+        engine.state.max_epochs = planned
+        if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "t_total"):
+            self.lr_scheduler.t_total = planned * int(engine.state.epoch_length)
+        logger.info(
+            "first epoch took %.1f s: planning %d epochs to fit %.1f min (learning-rate schedule shortened to match)",
+            first_epoch_seconds, planned, self.max_seconds / 60,
+        )
 
     def _check_time(self, engine: Engine) -> None:
         if time.monotonic() - self._start >= self.max_seconds:

@@ -1,0 +1,152 @@
+"""Benchmark: medsymmflow (CPU recipe) against a ResNet-18 trained side by side under the same budget.
+
+Both models train at the same time, one CPU thread each, for ``--budget-minutes`` of wall clock on
+the same data, each keeping the checkpoint with the best validation AUC; both are then scored on
+the test split with medmnist's Evaluator. Afterwards the classification throughput of the
+medsymmflow setting (steps x noise draws) is timed against the ResNet-18 forward at batch 256.
+
+    python benchmarks/classification.py --flag pneumoniamnist --dataset-dir ../shared/data/medmnist \
+        --budget-minutes 30 --output-dir runs/bench/pneumoniamnist
+
+Prints a table and writes ``results.json`` (figures, machine, date, exact command) in the output dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from baseline_resnet import command_line, machine_info  # noqa: E402
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--flag", required=True, help="2-D MedMNIST flag")
+    parser.add_argument("--dataset-dir", required=True, help="folder holding <flag>.npz")
+    parser.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock training budget per model")
+    parser.add_argument("--output-dir", default=None, help="default: runs/bench/<flag>")
+    parser.add_argument("--threads-each", type=int, default=1, help="CPU threads per model while both train")
+    parser.add_argument("--sequential", action="store_true", help="train one model after the other instead of side by side")
+    parser.add_argument("--steps", type=int, default=1, help="reverse Euler steps for medsymmflow classification")
+    parser.add_argument("--draws", type=int, default=1, help="label-noise draws averaged per image")
+    parser.add_argument("--override", action="append", default=[], help="extra bundle override, e.g. --override=--training#x_weight=0.5")
+    return parser.parse_args(argv)
+
+
+def _bundle_command(args: argparse.Namespace, out: Path) -> list[str]:
+    bundle = REPO / "bundles" / args.flag
+    train = (bundle if bundle.is_dir() else REPO / "bundles" / "pneumoniamnist") / "train.json"
+    extra = [tok for o in args.override for tok in o.split("=", 1)]
+    return [
+        sys.executable, "-m", "monai.bundle", "run",
+        "--config_file", f"['{train.relative_to(REPO)}','configs/cpu.json']",
+        "--flag", args.flag, "--dataset_dir", str(Path(args.dataset_dir).resolve()), "--download", "false",
+        "--device", "cpu", "--output_dir", str(out), "--training#budget_minutes", str(args.budget_minutes),
+        "--evaluation#steps", str(args.steps), "--evaluation#draws", str(args.draws), *extra,
+    ]
+
+
+def _resnet_command(args: argparse.Namespace, out: Path) -> list[str]:
+    return [
+        sys.executable, str(REPO / "benchmarks" / "baseline_resnet.py"), "--flag", args.flag,
+        "--dataset-dir", str(Path(args.dataset_dir).resolve()), "--budget-minutes", str(args.budget_minutes),
+        "--threads", str(args.threads_each), "--output-dir", str(out),
+    ]
+
+
+def _launch(cmd: list[str], log: Path, threads: int) -> subprocess.Popen:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def _wait(proc: subprocess.Popen, name: str, log: Path) -> float:
+    start = time.monotonic()
+    if proc.wait() != 0:
+        raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {log}")
+    return time.monotonic() - start
+
+
+def _throughput(args: argparse.Namespace, channels: int, num_classes: int) -> dict[str, Any]:
+    import torch
+    from throughput import compare_throughput, resnet_classifier, symmflow_classifier
+
+    images = torch.randn(256, channels, 28, 28)
+    resnet, _ = resnet_classifier(channels, num_classes, 28)
+    flow, _ = symmflow_classifier("cpu", channels, num_classes, "rgb", args.steps, args.draws, 0)
+    return compare_throughput(flow, resnet, images, repeats=5, warmup=1)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run both trainings, read their test metrics, time throughput, print a table and write results.json."""
+    args = _parse_args(argv)
+    out = Path(args.output_dir or REPO / "runs" / "bench" / args.flag).resolve()
+    flow_out, resnet_out = out / "medsymmflow", out / "resnet18"
+    jobs = [
+        ("medsymmflow", _bundle_command(args, flow_out), out / "medsymmflow.log"),
+        ("resnet18", _resnet_command(args, resnet_out), out / "resnet18.log"),
+    ]
+    wall: dict[str, float] = {}
+    if args.sequential:
+        for name, cmd, log in jobs:
+            wall[name] = _wait(_launch(cmd, log, args.threads_each), name, log)
+    else:
+        procs = [(name, _launch(cmd, log, args.threads_each), log) for name, cmd, log in jobs]
+        for name, proc, log in procs:
+            wall[name] = _wait(proc, name, log)
+
+    flow = json.loads((flow_out / "metrics.json").read_text())
+    resnet = json.loads((resnet_out / "metrics.json").read_text())
+    from medsymmflow.data import medmnist_info
+
+    speed = _throughput(args, int(medmnist_info(args.flag)["n_channels"]), int(flow["num_classes"]))
+    rows = {
+        "medsymmflow": {
+            "acc": flow["summary"]["medmnist"]["acc"]["mean"],
+            "acc_2sigma": flow["summary"]["medmnist"]["acc"]["two_sigma"],
+            "auc": flow["summary"]["medmnist"]["auc"]["mean"],
+            "auc_2sigma": flow["summary"]["medmnist"]["auc"]["two_sigma"],
+            "wall_minutes": wall["medsymmflow"] / 60,
+        },
+        "resnet18": {
+            "acc": resnet["test"]["medmnist"]["acc"],
+            "auc": resnet["test"]["medmnist"]["auc"],
+            "wall_minutes": wall["resnet18"] / 60,
+        },
+    }
+    results = {
+        "flag": args.flag,
+        "budget_minutes": args.budget_minutes,
+        "side_by_side": not args.sequential,
+        "threads_each": args.threads_each,
+        "classification": {"steps": args.steps, "draws": args.draws},
+        "results": rows,
+        "throughput": speed,
+        "medsymmflow_metrics": flow,
+        "resnet18_metrics": resnet,
+        "machine": machine_info(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "command": command_line(),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print(f"\n{args.flag}: {args.budget_minutes:g}-minute budget, {'side by side' if not args.sequential else 'sequential'}, {args.threads_each} thread(s) each")
+    print(f"{'model':<14}{'ACC':>10}{'AUC':>10}{'minutes':>10}")
+    for name, r in rows.items():
+        print(f"{name:<14}{100 * r['acc']:>10.1f}{100 * r['auc']:>10.1f}{r['wall_minutes']:>10.1f}")
+    print(f"throughput ratio medsymmflow / resnet18 (batch 256, steps={args.steps}, draws={args.draws}): {speed.get('ratio', speed)}")
+    print(f"results: {out / 'results.json'}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
