@@ -122,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = _parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from medsymmflow.baselines import train_resnet_baseline
-    from medsymmflow.engines.handlers import atomic_write
+    from medsymmflow.io import atomic_write
 
     started = now_iso()
     machine = machine_info()  # before training, so the load average describes the conditions at the start

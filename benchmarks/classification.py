@@ -39,6 +39,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sequential", action="store_true", help="train one model after the other instead of side by side")
     parser.add_argument("--steps", type=int, default=1, help="reverse Euler steps for medsymmflow classification")
     parser.add_argument("--draws", type=int, default=1, help="label-noise draws averaged per image")
+    parser.add_argument("--report-only", action="store_true", help="skip training: report on the runs already in --output-dir")
     parser.add_argument("--override", action="append", default=[], help="extra bundle override, e.g. --override=--training#x_weight=0.5")
     return parser.parse_args(argv)
 
@@ -70,11 +71,17 @@ def _launch(cmd: list[str], log: Path, threads: int) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def _wait(proc: subprocess.Popen, name: str, log: Path) -> float:
-    start = time.monotonic()
-    if proc.wait() != 0:
-        raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {log}")
-    return time.monotonic() - start
+def _wait_all(procs: list[tuple[str, subprocess.Popen, Path]], start: float) -> dict[str, float]:
+    """Wall-clock seconds from ``start`` until each process exits; raises if one fails."""
+    finished: dict[str, float] = {}
+    while len(finished) < len(procs):
+        for name, proc, log in procs:
+            if name not in finished and proc.poll() is not None:
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {log}")
+                finished[name] = time.monotonic() - start
+        time.sleep(1.0)
+    return finished
 
 
 def _throughput(args: argparse.Namespace, channels: int, num_classes: int) -> dict[str, Any]:
@@ -97,13 +104,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("resnet18", _resnet_command(args, resnet_out), out / "resnet18.log"),
     ]
     wall: dict[str, float] = {}
-    if args.sequential:
+    if args.report_only:
+        wall = {"medsymmflow": float("nan"), "resnet18": float("nan")}
+    elif args.sequential:
         for name, cmd, log in jobs:
-            wall[name] = _wait(_launch(cmd, log, args.threads_each), name, log)
+            wall.update(_wait_all([(name, _launch(cmd, log, args.threads_each), log)], time.monotonic()))
     else:
-        procs = [(name, _launch(cmd, log, args.threads_each), log) for name, cmd, log in jobs]
-        for name, proc, log in procs:
-            wall[name] = _wait(proc, name, log)
+        start = time.monotonic()
+        wall = _wait_all([(name, _launch(cmd, log, args.threads_each), log) for name, cmd, log in jobs], start)
 
     flow = json.loads((flow_out / "metrics.json").read_text())
     resnet = json.loads((resnet_out / "metrics.json").read_text())

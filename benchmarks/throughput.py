@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         sys.path.insert(0, here)
     from baseline_resnet import command_line, machine_info, now_iso
 
-    from medsymmflow.engines.handlers import atomic_write
+    from medsymmflow.io import atomic_write
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)

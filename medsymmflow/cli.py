@@ -13,6 +13,7 @@ __all__ = ["COMMANDS", "main"]
 # only when their command runs, so ``medsymmflow --help`` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
     "selective": ("medsymmflow.commands.selective", "selective-prediction and calibration report from predictions.csv"),
+    "sample": ("medsymmflow.commands.sample", "class-conditional sampling: PNGs per class and a montage"),
 }
 
 

@@ -64,8 +64,12 @@ def trained(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_train_writes_checkpoints_metrics_and_predictions(trained: Path) -> None:
-    for name in ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.json", "predictions.csv"):
+    for name in ("checkpoints/best.pt", "checkpoints/last.pt", "metrics.json", "predictions.csv", "val_predictions.csv",
+                 "selective_metrics.json", "accuracy_rejection.png", "reliability.png"):
         assert (trained / name).is_file(), name
+    selective = json.loads((trained / "selective_metrics.json").read_text())
+    assert selective["medsymmflow"]["calibration"]["temperature_source"] == "validation"
+    assert selective["num_samples"] == 40 and selective["dataset"] == "pneumoniamnist"
     assert any((trained / "tensorboard").iterdir())
     last = torch.load(trained / "checkpoints/last.pt", map_location="cpu", weights_only=True)
     assert set(last) >= {"run_info", "network", "ema", "optimizer", "lr_scheduler", "trainer"}

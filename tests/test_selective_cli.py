@@ -169,6 +169,7 @@ def test_full_report_from_a_bundle_folder(bundle: Path, tmp_path: Path, capsys: 
 
 def test_perfect_ranking_and_fixed_temperature(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     src = _write_csv(tmp_path / "run" / "predictions.csv", _symmflow_rows(seed=4, perfect=True, draws=False))
+    _write_csv(tmp_path / "run" / "val_predictions.csv", _symmflow_rows(seed=10))  # an explicit tau wins over it
     out = tmp_path / "report"
     assert main(["selective", "--predictions", str(src), "--temperature", "0.2", "--output-dir", str(out)]) == 0
     report = json.loads((out / "selective_metrics.json").read_text())
@@ -181,6 +182,7 @@ def test_perfect_ranking_and_fixed_temperature(tmp_path: Path, capsys: pytest.Ca
     assert any("spread skipped" in n for n in report["medsymmflow"]["notes"])
     cal = report["medsymmflow"]["calibration"]
     assert cal["temperature"] == 0.2 and cal["temperature_source"] == "argument"
+    assert any("val_predictions.csv ignored" in n for n in report["medsymmflow"]["notes"])
     assert report["baseline"] is None and report["dataset"] is None
     assert (out / "accuracy_rejection.png").is_file() and not (src.parent / "selective_metrics.json").exists()
 

@@ -435,3 +435,60 @@ def test_image_and_class_pipeline(tmp_path, fmt):
     assert np.array_equal(out["code_class"], [6])
     assert out["code_distance"].shape == (8,) and int(np.argmin(out["code_distance"])) == 6
     assert 0 < float(np.min(out["code_distance"])) <= math.sqrt(3) * 4 / 255
+
+
+# --- inference-side helpers: channel matching and 2-D squeezing ---------------------------------
+
+
+def test_match_channels_gray_rgb_rgba() -> None:
+    from medsymmflow.transforms import MatchChannels, MatchChannelsd
+
+    gray = torch.arange(4.0).reshape(1, 2, 2)
+    rgb = MatchChannels(3)(gray)
+    assert rgb.shape == (3, 2, 2) and torch.equal(rgb[0], rgb[2])
+    # luminance of a pure red / green / blue image follows the BT.601 weights
+    pure = torch.zeros(3, 1, 3)
+    pure[0, 0, 0], pure[1, 0, 1], pure[2, 0, 2] = 1.0, 1.0, 1.0
+    torch.testing.assert_close(MatchChannels(1)(pure)[0, 0], torch.tensor([0.299, 0.587, 0.114]))
+    rgba = np.concatenate([np.ones((3, 2, 2)), np.zeros((1, 2, 2))]).astype(np.float32)
+    out = MatchChannels(1)(rgba)
+    assert isinstance(out, np.ndarray) and out.shape == (1, 2, 2) and np.allclose(out, 1.0)
+    assert MatchChannelsd("image", 3)({"image": gray})["image"].shape == (3, 2, 2)
+    with pytest.raises(ValueError, match="2-channel"):
+        MatchChannels(3)(torch.zeros(2, 2, 2))
+    with pytest.raises(ValueError, match="1 \\(gray\\) or 3"):
+        MatchChannels(2)
+
+
+def test_ensure_spatial_2d_squeezes_singletons_keeps_meta_and_rejects_volumes() -> None:
+    from monai.data import MetaTensor
+
+    from medsymmflow.transforms import EnsureSpatial2D
+
+    img = MetaTensor(torch.rand(1, 5, 6, 1), meta={"filename_or_obj": "case.nii.gz"})
+    out = EnsureSpatial2D()(img)
+    assert out.shape == (1, 5, 6) and out.meta["filename_or_obj"] == "case.nii.gz"
+    torch.testing.assert_close(out.as_tensor(), img.as_tensor()[..., 0])
+    same = torch.rand(3, 5, 6)
+    assert EnsureSpatial2D()(same) is same
+    with pytest.raises(ValueError, match="extract a 2-D slice"):
+        EnsureSpatial2D()(torch.zeros(1, 4, 4, 4))
+    with pytest.raises(ValueError, match="2-D image"):
+        EnsureSpatial2D()(torch.zeros(1, 4, 1))
+
+
+def test_list_image_files(tmp_path) -> None:
+    from medsymmflow.data import list_image_files
+
+    (tmp_path / "a").mkdir()
+    for name in ("a/x.png", "a/y.nii.gz", "z.JPG", "notes.txt"):
+        (tmp_path / name).write_bytes(b"0")
+    found = list_image_files(tmp_path)
+    assert [p.split(str(tmp_path))[1] for p in found] == ["/a/x.png", "/a/y.nii.gz", "/z.JPG"]
+    assert list_image_files(str(tmp_path / "a" / "*.png")) == [str(tmp_path / "a/x.png")]
+    with pytest.raises(FileNotFoundError, match="input not found"):
+        list_image_files(tmp_path / "missing")
+    with pytest.raises(ValueError, match="not a supported image file"):
+        list_image_files(tmp_path / "notes.txt")
+    with pytest.raises(FileNotFoundError, match="no file matches"):
+        list_image_files(str(tmp_path / "*.bmp"))

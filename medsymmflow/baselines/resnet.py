@@ -38,7 +38,7 @@ from torch import nn
 from medsymmflow.data.augment import BatchAugment
 from medsymmflow.data.medmnist import MedMNISTArrays, load_medmnist
 from medsymmflow.data.sampling import make_sampler
-from medsymmflow.engines.handlers import atomic_write
+from medsymmflow.io import atomic_write
 from medsymmflow.metrics.classification import medmnist_metrics, torchmetrics_metrics
 
 __all__ = ["build_resnet18", "predict_probabilities", "train_resnet_baseline", "write_softmax_predictions"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Sequence
 
 __all__ = ["add_arguments", "run"]
 
@@ -110,3 +111,10 @@ def _print_summary(report: dict) -> None:
     if report["baseline"]:
         b = report["baseline"]["calibration"]
         print(f"calibration baseline: ECE={b['ece']:.4f} Brier={b['brier']:.4f} NLL={b['nll']:.4f}")
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the command from a list of arguments, raising errors (for bundles: ``$...selective.main([...])``)."""
+    parser = argparse.ArgumentParser(prog="medsymmflow selective")
+    add_arguments(parser)
+    return run(parser.parse_args(list(argv)))

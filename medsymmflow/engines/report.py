@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from ignite.engine import Engine, Events
 
-from medsymmflow.engines.handlers import atomic_write
+from medsymmflow.io import atomic_write
 from medsymmflow.metrics.classification import mean_two_sigma, medmnist_metrics, probabilities, torchmetrics_metrics
 
 __all__ = ["ClassificationReport", "InferenceReport"]
@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 class ClassificationReport:
     """Collects a :class:`SymmFlowEvaluator`'s outputs and writes ``metrics.json`` and ``predictions.csv``.
+
+    (File names are settable, e.g. ``val_metrics.json`` / ``val_predictions.csv`` for the validation split
+    that the selective-prediction report fits its temperature on.)
 
     Metrics per inference run: ACC / AUC with torchmetrics and, when ``flag`` and ``dataset_dir`` are
     given, with medmnist's own Evaluator; the summary is mean and 2 sigma over runs. ``predictions.csv``
@@ -42,8 +45,11 @@ class ClassificationReport:
         class_names: Sequence[str] | None = None,
         prefix: str = "",
         extra: dict[str, Any] | None = None,
+        metrics_file: str = "metrics.json",
+        predictions_file: str = "predictions.csv",
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.metrics_file, self.predictions_file = metrics_file, predictions_file
         self.temperature = float(temperature)
         self.flag, self.split, self.size = flag, split, int(size)
         self.dataset_dir = None if dataset_dir is None else Path(dataset_dir)
@@ -110,7 +116,7 @@ class ClassificationReport:
             for name, value in metrics.items():
                 engine.state.metrics[f"{self.prefix}{source}_{name}"] = value["mean"]
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.output_dir / "metrics.json", json.dumps(self.results, indent=2) + "\n")
+        atomic_write(self.output_dir / self.metrics_file, json.dumps(self.results, indent=2) + "\n")
 
         d0 = distances[0]
         probs0 = probabilities(d0, self.temperature)
@@ -133,7 +139,7 @@ class ClassificationReport:
                 + [f"{float(unc_mode[0, i]):.6g}" if unc_mode is not None else ""]
                 + [f"{float(spread[i]):.6g}"]
             )
-        atomic_write(self.output_dir / "predictions.csv", buf.getvalue())
+        atomic_write(self.output_dir / self.predictions_file, buf.getvalue())
         logger.info(
             "%s %s: %s -> %s",
             self.flag or "dataset",

@@ -83,3 +83,25 @@ __all__ += [
     "selective_report",
     "write_selective_report",
 ]
+
+# Generation quality (appended): offline FID and the classification accuracy score of generated images.
+from medsymmflow.metrics.cas import classification_accuracy_score, load_resnet_classifier  # noqa: E402
+from medsymmflow.metrics.fid import (  # noqa: E402
+    InceptionFeatures,
+    ReferenceFID,
+    fid_score,
+    find_inception_file,
+    inception_available,
+    load_inception,
+)
+
+__all__ += [
+    "InceptionFeatures",
+    "ReferenceFID",
+    "classification_accuracy_score",
+    "fid_score",
+    "find_inception_file",
+    "inception_available",
+    "load_inception",
+    "load_resnet_classifier",
+]

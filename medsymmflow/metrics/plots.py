@@ -41,7 +41,7 @@ def _save_png(fig: Any, path: str | os.PathLike) -> Path:
     """Render ``fig`` with Agg and write it atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from medsymmflow.engines.handlers import atomic_write
+    from medsymmflow.io import atomic_write
 
     FigureCanvasAgg(fig)
     buf = io.BytesIO()

@@ -503,7 +503,7 @@ def write_selective_report(
     report: dict[str, Any], output_dir: str | os.PathLike, title: str | None = None
 ) -> dict[str, Path]:
     """Write ``selective_metrics.json``, ``accuracy_rejection.png`` and ``reliability.png`` atomically to ``output_dir``."""
-    from medsymmflow.engines.handlers import atomic_write  # pulls MONAI / ignite: only when writing
+    from medsymmflow.io import atomic_write
     from medsymmflow.metrics.plots import plot_accuracy_rejection, plot_reliability
 
     out = Path(output_dir)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -250,7 +250,20 @@ UniformDequantizeD = UniformDequantizeDict = UniformDequantized
 CodeMaskToClassD = CodeMaskToClassDict = CodeMaskToClassd
 
 
-class MatchChannelsd(MapTransform):
+class _PerKey(MapTransform):
+    """Applies one array transform (``self.converter``) to every selected key."""
+
+    converter: Callable[[NdarrayOrTensor], NdarrayOrTensor]
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Transform every key's array."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.converter(d[key])
+        return d
+
+
+class MatchChannelsd(_PerKey):
     """Dictionary version of :class:`MatchChannels`."""
 
     backend = MatchChannels.backend
@@ -259,15 +272,8 @@ class MatchChannelsd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.converter = MatchChannels(channels)
 
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        """Convert every key's image to the target channel count."""
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
-        return d
 
-
-class EnsureSpatial2Dd(MapTransform):
+class EnsureSpatial2Dd(_PerKey):
     """Dictionary version of :class:`EnsureSpatial2D`."""
 
     backend = EnsureSpatial2D.backend
@@ -275,10 +281,3 @@ class EnsureSpatial2Dd(MapTransform):
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.converter = EnsureSpatial2D()
-
-    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
-        """Squeeze every key's image to two spatial axes."""
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[key] = self.converter(d[key])
-        return d
