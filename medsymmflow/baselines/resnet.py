@@ -38,7 +38,7 @@ from torch import nn
 from medsymmflow.data.augment import BatchAugment
 from medsymmflow.data.medmnist import MedMNISTArrays, load_medmnist
 from medsymmflow.data.sampling import make_sampler
-from medsymmflow.io import atomic_write
+from medsymmflow.io import atomic_write, json_safe
 from medsymmflow.metrics.classification import medmnist_metrics, torchmetrics_metrics
 
 __all__ = ["build_resnet18", "predict_probabilities", "train_resnet_baseline", "write_softmax_predictions"]
@@ -141,17 +141,6 @@ def _check_args(
         raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
     if not (isinstance(augment, bool) or augment is None or callable(augment)):
         raise TypeError(f"augment must be a bool, None or a callable (images, generator) -> images, got {augment!r}")
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN / infinite floats replaced by None, so metrics.json stays strict JSON."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _selection_key(metrics: dict[str, float]) -> tuple[float, float]:
@@ -438,7 +427,7 @@ def _train(
         _write_outputs(output_dir, best["state"], test, test_probs, val, best["val_probs"])
         result["output_dir"] = str(output_dir)
     result["training"]["total_seconds"] = time.perf_counter() - start
-    result = _json_safe(result)
+    result = json_safe(result)
     if output_dir is not None:
         atomic_write(output_dir / "metrics.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     logger.info(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -159,7 +158,7 @@ def _run_evaluation(
     """Load the real split, the classifier and Inception, evaluate, write the metrics and montages."""
     from medsymmflow.data.medmnist import load_medmnist
     from medsymmflow.generation import to_uint8_images
-    from medsymmflow.io import atomic_write
+    from medsymmflow.io import atomic_write, json_safe
     from medsymmflow.metrics.cas import load_resnet_classifier
     from medsymmflow.metrics.fid import find_inception_file, load_inception
 
@@ -191,7 +190,7 @@ def _run_evaluation(
         "classifier": str(Path(args.classifier).resolve()) if args.classifier else None,
         **report,
     }
-    path = atomic_write(out_dir / METRICS_FILE, json.dumps(_json_safe(report), indent=2, allow_nan=False) + "\n")
+    path = atomic_write(out_dir / METRICS_FILE, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     print(f"{'steps':>5} {'NFE':>4} {'FID':>9} {'CAS':>7} {'seconds':>8}")
     for row in report["results"]:
         cas = row["cas"]["overall"] if row["cas"] else float("nan")
@@ -276,17 +275,6 @@ def evaluate_generation(
         "num_real": int(real.shape[0]),
         "results": results,
     }
-
-
-def _json_safe(value: Any) -> Any:
-    """``value`` with NaN / infinite floats replaced by None, so the JSON stays strict."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def main(argv: Sequence[str]) -> int:

@@ -254,19 +254,6 @@ def _rank_lexicographic(primary: np.ndarray, secondary: np.ndarray) -> np.ndarra
     return ranks
 
 
-def _jsonable(value: Any) -> Any:
-    """numpy scalars / arrays -> plain Python, NaN -> None (JSON has no NaN)."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in (value.tolist() if isinstance(value, np.ndarray) else value)]
-    if isinstance(value, (np.integer,)):
-        return int(value)
-    if isinstance(value, (float, np.floating)):
-        return None if not math.isfinite(float(value)) else float(value)
-    return value
-
-
 def _score_entry(
     correct: np.ndarray, uncertainty: np.ndarray, coverages: Sequence[float], rates: np.ndarray
 ) -> dict[str, Any]:
@@ -456,7 +443,9 @@ def selective_report(
         "baseline": None if baseline is None else _baseline_section(baseline, predictions, coverages, rates, n_bins),
         "warnings": warn,
     }
-    return _jsonable(report)
+    from medsymmflow.io import json_safe
+
+    return json_safe(report)
 
 
 _SCORE_COLORS = {"distance": "tab:blue", "margin": "tab:orange", "spread": "tab:green"}
