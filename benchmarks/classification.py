@@ -37,8 +37,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", default=None, help="default: runs/bench/<flag>")
     parser.add_argument("--threads-each", type=int, default=1, help="CPU threads per model while both train")
     parser.add_argument("--sequential", action="store_true", help="train one model after the other instead of side by side")
-    parser.add_argument("--steps", type=int, default=1, help="reverse Euler steps for medsymmflow classification")
-    parser.add_argument("--draws", type=int, default=1, help="label-noise draws averaged per image")
+    parser.add_argument("--steps", type=int, default=None, help="reverse Euler steps for medsymmflow classification (default: the recipe's)")
+    parser.add_argument("--draws", type=int, default=None, help="label-noise draws averaged per image (default: the recipe's)")
     parser.add_argument("--report-only", action="store_true", help="skip training: report on the runs already in --output-dir")
     parser.add_argument("--override", action="append", default=[], help="extra bundle override, e.g. --override=--training#x_weight=0.5")
     return parser.parse_args(argv)
@@ -53,7 +53,9 @@ def _bundle_command(args: argparse.Namespace, out: Path) -> list[str]:
         "--config_file", f"['{train.relative_to(REPO)}','configs/cpu.json']",
         "--flag", args.flag, "--dataset_dir", str(Path(args.dataset_dir).resolve()), "--download", "false",
         "--device", "cpu", "--output_dir", str(out), "--training#budget_minutes", str(args.budget_minutes),
-        "--evaluation#steps", str(args.steps), "--evaluation#draws", str(args.draws), *extra,
+        *(["--evaluation#steps", str(args.steps)] if args.steps is not None else []),
+        *(["--evaluation#draws", str(args.draws)] if args.draws is not None else []),
+        *extra,
     ]
 
 
@@ -84,13 +86,13 @@ def _wait_all(procs: list[tuple[str, subprocess.Popen, Path]], start: float) -> 
     return finished
 
 
-def _throughput(args: argparse.Namespace, channels: int, num_classes: int) -> dict[str, Any]:
+def _throughput(channels: int, num_classes: int, code_kind: str, preset: str, steps: int, draws: int) -> dict[str, Any]:
     import torch
     from throughput import compare_throughput, resnet_classifier, symmflow_classifier
 
     images = torch.randn(256, channels, 28, 28)
     resnet, _ = resnet_classifier(channels, num_classes, 28)
-    flow, _ = symmflow_classifier("cpu", channels, num_classes, "rgb", args.steps, args.draws, 0)
+    flow, _ = symmflow_classifier(preset, channels, num_classes, code_kind, steps, draws, 0)
     return compare_throughput(flow, resnet, images, repeats=5, warmup=1)
 
 
@@ -117,7 +119,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     resnet = json.loads((resnet_out / "metrics.json").read_text())
     from medsymmflow.data import medmnist_info
 
-    speed = _throughput(args, int(medmnist_info(args.flag)["n_channels"]), int(flow["num_classes"]))
+    channels = int(medmnist_info(args.flag)["n_channels"])
+    # the setting that produced the test figures, as recorded by the evaluation
+    steps, draws = int(flow["steps"]), int(flow["draws"])
+    speed = _throughput(channels, int(flow["num_classes"]), flow["code_kind"], flow["net_preset"], steps, draws)
     rows = {
         "medsymmflow": {
             "acc": flow["summary"]["medmnist"]["acc"]["mean"],
@@ -137,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "budget_minutes": args.budget_minutes,
         "side_by_side": not args.sequential,
         "threads_each": args.threads_each,
-        "classification": {"steps": args.steps, "draws": args.draws},
+        "classification": {"steps": steps, "draws": draws, "code_kind": flow["code_kind"], "net_preset": flow["net_preset"]},
         "results": rows,
         "throughput": speed,
         "medsymmflow_metrics": flow,
@@ -151,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"{'model':<14}{'ACC':>10}{'AUC':>10}{'minutes':>10}")
     for name, r in rows.items():
         print(f"{name:<14}{100 * r['acc']:>10.1f}{100 * r['auc']:>10.1f}{r['wall_minutes']:>10.1f}")
-    print(f"throughput ratio medsymmflow / resnet18 (batch 256, steps={args.steps}, draws={args.draws}): {speed.get('ratio', speed)}")
+    print(f"throughput ratio medsymmflow / resnet18 (batch 256, steps={steps}, draws={draws}): {speed.get('ratio', speed)}")
     print(f"results: {out / 'results.json'}")
     return results
 

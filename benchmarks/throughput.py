@@ -131,7 +131,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", type=int, default=28, help="image side in pixels")
     parser.add_argument("--channels", type=int, default=1, help="image channels (1 gray, 3 RGB)")
     parser.add_argument("--num-classes", type=int, default=2)
-    parser.add_argument("--code", default="rgb", help="codebook kind: rgb (MedSymmFlow), gray (SymmFlow), palette")
+    parser.add_argument("--code", default="rgb", help="codebook kind: rgb (MedSymmFlow), gray (SymmFlow), palette, onehot (CPU recipe)")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per setting (the median is reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per setting before timing")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

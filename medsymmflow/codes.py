@@ -8,6 +8,11 @@ A codebook holds ``K`` code vectors of ``C`` channels in ``[-1, 1]``:
 * ``palette`` (segmentation): an ``n x n x n`` RGB grid with ``n = ceil(K ** (1/3))`` levels spread
   over ``[-1, 1]``; class ``k`` takes grid colour ``round(linspace(0, n^3 - 1, K))[k]``. 19 classes
   use a 3-level grid (spacing 1.0), 171 classes a 6-level grid (spacing 0.4).
+* ``onehot``  (this package's CPU recipe): ``K`` channels, class ``k`` -> ``+1`` on channel ``k`` and ``-1``
+  elsewhere. A one-step prediction is the posterior mean of the codes; with one-hot codes that mean
+  is ``2 p - 1`` for the class posterior ``p``, so the nearest code is the most probable class. With
+  ``rgb`` codes the mean of two likely classes can sit nearest a third one (5 RGB codes in 3
+  channels cannot be told apart from their mixtures).
 
 Decoding takes the predicted code mask, measures the L2 distance to every code and picks the
 nearest one: ``mean`` averages the mask over space first (the papers' rule for classification),
@@ -33,13 +38,13 @@ __all__ = [
     "beta_to_amplitude",
 ]
 
-CODE_KINDS = ("gray", "rgb", "palette")
+CODE_KINDS = ("gray", "rgb", "palette", "onehot")
 DECISIONS = ("mean", "mode", "pixel")
 
 RGB_LEVELS = (0, 75, 150, 225)
 
 # cdist's matrix-multiply shortcut loses ~1e-4 on small distances, which reorders confident samples
-# when distances are used as uncertainty; C <= 3 makes the exact mode cheap.
+# when distances are used as uncertainty; few channels (C <= K) keep the exact mode cheap.
 _EXACT = "donot_use_mm_for_euclid_dist"
 
 
@@ -114,8 +119,14 @@ class ClassCodebook:
         return cls(torch.from_numpy(grid[pick]).to(torch.float32), kind="palette")
 
     @classmethod
+    def onehot(cls, num_classes: int) -> "ClassCodebook":
+        """``K``-channel codes: ``+1`` on the class's own channel, ``-1`` on the others."""
+        k = _check_num_classes(num_classes)
+        return cls(2.0 * torch.eye(k, dtype=torch.float32) - 1.0, kind="onehot")
+
+    @classmethod
     def from_kind(cls, kind: str, num_classes: int, **kwargs: float) -> "ClassCodebook":
-        """Build a codebook by name: ``gray``, ``rgb`` or ``palette``."""
+        """Build a codebook by name: ``gray``, ``rgb``, ``palette`` or ``onehot``."""
         if isinstance(kind, ClassCodebook):
             return kind
         if kind not in CODE_KINDS:
@@ -130,7 +141,7 @@ class ClassCodebook:
 
     @property
     def channels(self) -> int:
-        """Channels ``C`` of every code (1 for gray, 3 for rgb / palette)."""
+        """Channels ``C`` of every code (1 for gray, 3 for rgb / palette, K for onehot)."""
         return int(self.codes.shape[1])
 
     @property

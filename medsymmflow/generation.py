@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
@@ -23,6 +23,9 @@ import torch
 from medsymmflow.codes import ClassCodebook
 from medsymmflow.flow.solver import ADAPTIVE_METHODS, FIXED_STEP_METHODS
 from medsymmflow.io import atomic_write
+
+if TYPE_CHECKING:
+    from medsymmflow.networks.latent import LatentCodec
 
 __all__ = [
     "SAMPLING_METHODS",
@@ -123,11 +126,13 @@ def sample_per_class(
     spatial_size: Sequence[int] = (28, 28),
     progress: bool = True,
     beta: float = 0.0,
+    codec: LatentCodec | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generated samples as float ``(N, C, *spatial)`` on the CPU (roughly [-1, 1]) with int64 labels ``(N,)``.
 
     The float counterpart of :func:`generate_per_class` (same arguments, same samples);
     ``spatial_size=()`` samples vectors ``(N, C)`` for vector-field networks such as SymmFlowMLP.
+    With a ``codec`` (Latent MedSymmFlow) the flow runs on latents and ``spatial_size`` is the decoded image size.
     """
     from tqdm.auto import tqdm
 
@@ -140,7 +145,7 @@ def sample_per_class(
     _check_sampling_args(steps, method, batch_size, spatial_size)
     counts = _per_class_counts(num_per_class, codebook.num_classes)
     labels = torch.repeat_interleave(torch.arange(codebook.num_classes), torch.tensor(counts))
-    sampler = SymmFlowSampler(codebook, int(image_channels), steps=int(steps), method=method, beta=beta)
+    sampler = SymmFlowSampler(codebook, int(image_channels), steps=int(steps), method=method, beta=beta, codec=codec)
     device = _network_device(network)
     # one generator for the whole call: the global RNG stays untouched and the seed alone fixes the noise
     generator = torch.Generator(device=device).manual_seed(int(seed))
@@ -176,6 +181,7 @@ def generate_per_class(
     spatial_size: Sequence[int] = (28, 28),
     progress: bool = True,
     beta: float = 0.0,
+    codec: LatentCodec | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate ``num_per_class`` images of every class; returns ``(uint8 (N, H, W, C), int64 labels (N,))``.
 
@@ -190,7 +196,7 @@ def generate_per_class(
         raise ValueError(f"generate_per_class makes 2-D images: spatial_size must be (H, W), got {tuple(spatial_size)}")
     images, labels = sample_per_class(
         network, codebook, image_channels, num_per_class, steps=steps, method=method, seed=seed,
-        batch_size=batch_size, spatial_size=spatial_size, progress=progress, beta=beta,
+        batch_size=batch_size, spatial_size=spatial_size, progress=progress, beta=beta, codec=codec,
     )
     return to_uint8_images(images), labels.numpy()
 
@@ -297,6 +303,7 @@ class LoadedGenerator:
     network: torch.nn.Module
     codebook: ClassCodebook
     run_info: dict[str, Any]
+    codec: LatentCodec | None = None  # the VAE of a Latent MedSymmFlow checkpoint
 
     @property
     def image_channels(self) -> int:
@@ -309,14 +316,19 @@ class LoadedGenerator:
         return int(self.run_info["size"])
 
 
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedGenerator:
+def load_generator(
+    path: str | os.PathLike, device: str | torch.device = "cpu", vae: str | os.PathLike | None = None
+) -> LoadedGenerator:
     """Rebuild the EMA network and the codebook of a bundle checkpoint (``best.pt`` or ``last.pt``).
 
-    Raises FileNotFoundError for a missing file and ValueError naming the file for a corrupt one, one
-    without ``run_info`` / weights, or one whose weights do not fit the network its ``run_info`` describes.
+    A Latent MedSymmFlow checkpoint also loads its VAE: from ``vae`` when given (e.g. the same weights
+    at another path), else from the source recorded in the checkpoint; its weights must be the ones the
+    checkpoint was trained with. Raises FileNotFoundError for a missing file and ValueError naming the
+    file for a corrupt one, one without ``run_info`` / weights, one whose weights do not fit the network
+    its ``run_info`` describes, or a VAE other than the checkpoint's.
     """
     from medsymmflow.engines.handlers import RunInfo, load_checkpoint
-    from medsymmflow.networks import build_network, create_ema
+    from medsymmflow.networks import build_network, create_ema, load_vae
 
     ckpt = load_checkpoint(path, map_location=device)
     if not isinstance(ckpt, dict) or "run_info" not in ckpt:
@@ -327,7 +339,22 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     try:
         info = RunInfo(**ckpt["run_info"]).info
         codebook = ClassCodebook.from_kind(info["code_kind"], int(info["num_classes"]))
-        net = build_network(str(info["net_preset"]), int(info["image_channels"]), int(info["code_channels"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"checkpoint {path}: unusable run_info ({type(e).__name__}: {e})") from e
+    codec = None
+    if str(info["vae"]) != "none":
+        # VAELoadError already names the source and how to get it in place
+        codec = load_vae(vae if vae is not None else str(info.get("vae_source")), device=device)
+        if codec.identity != str(info["vae"]):
+            raise ValueError(
+                f"checkpoint {path} was trained with the VAE {info['vae']} (from {info.get('vae_source')}), "
+                f"not with {codec.source} ({codec.identity}); pass the VAE it was trained with"
+            )
+    try:
+        if codec is not None:
+            net = build_network(str(info["net_preset"]), codec.latent_channels, codec.latent_channels)
+        else:
+            net = build_network(str(info["net_preset"]), int(info["image_channels"]), int(info["code_channels"]))
         if weights_key == "ema":
             model = create_ema(net)
             model.load_state_dict(ckpt["ema"])
@@ -337,4 +364,4 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") 
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise ValueError(f"checkpoint {path}: cannot rebuild its network ({type(e).__name__}: {e})") from e
     net = net.to(device).eval().requires_grad_(False)
-    return LoadedGenerator(network=net, codebook=codebook, run_info=dict(info))
+    return LoadedGenerator(network=net, codebook=codebook, run_info=dict(info), codec=codec)

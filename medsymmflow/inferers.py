@@ -8,6 +8,10 @@ All three integrate the same network with :class:`~medsymmflow.flow.SymmFlowSolv
   before decoding and their per-draw distances are kept for the spread uncertainty.
 * :class:`SymmFlowSegmenter` does the same with a per-pixel decision (25 steps by default).
 * :class:`SymmFlowSampler` starts at t=0 from ``(noise_x, code_mask)`` and integrates to t=1 (25 steps).
+
+For Latent MedSymmFlow the classifier takes the image's latent and a ``decode`` callable that maps the
+predicted code latents back to code masks (``LatentCodec.decode_image``); the sampler takes a ``codec``,
+encodes the code mask, integrates in latent space and decodes the generated image.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from monai.inferers import Inferer
 
 from medsymmflow.codes import ClassCodebook
 from medsymmflow.flow.solver import SymmFlowSolver
+from medsymmflow.networks.latent import LatentCodec
 
 __all__ = ["ClassificationResult", "SymmFlowClassifier", "SymmFlowSampler", "SymmFlowSegmenter"]
 
@@ -144,7 +149,12 @@ class SymmFlowSegmenter(_ReverseInferer):
 
 
 class SymmFlowSampler(Inferer):
-    """Class-conditional generation: ``(noise_x, code_mask)`` at t=0 integrated to t=1."""
+    """Class-conditional generation: ``(noise_x, code_mask)`` at t=0 integrated to t=1.
+
+    With a ``codec`` (:class:`~medsymmflow.networks.LatentCodec`) the code mask of the image size is
+    encoded (posterior mode), the latents are integrated and the generated latent is decoded to
+    ``image_channels`` channels; ``spatial_size`` stays the image size.
+    """
 
     def __init__(
         self,
@@ -153,6 +163,7 @@ class SymmFlowSampler(Inferer):
         steps: int = 25,
         method: str = "euler",
         beta: float = 0.0,
+        codec: LatentCodec | None = None,
     ) -> None:
         super().__init__()
         self.codebook = codebook
@@ -160,6 +171,9 @@ class SymmFlowSampler(Inferer):
         self.steps = int(steps)
         self.method = method
         self.beta = codebook.check_beta(beta)
+        if codec is not None and not isinstance(codec, LatentCodec):
+            raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
+        self.codec = codec
 
     def __call__(  # type: ignore[override]
         self,
@@ -175,5 +189,10 @@ class SymmFlowSampler(Inferer):
         if self.beta > 0:
             # Same dequantization as training: beta * U(-1/2, 1/2) / 127.5.
             y = y + (torch.rand(y.shape, generator=generator, device=device) - 0.5) * (self.beta / 127.5)
-        noise_x = torch.randn((labels.shape[0], self.image_channels) + tuple(spatial_size), generator=generator, device=device)
-        return SymmFlowSolver(network).sample(noise_x, y, t_start=0.0, t_end=1.0, steps=self.steps, method=self.method).x
+        if self.codec is None:
+            noise_x = torch.randn((labels.shape[0], self.image_channels) + tuple(spatial_size), generator=generator, device=device)
+            return SymmFlowSolver(network).sample(noise_x, y, t_start=0.0, t_end=1.0, steps=self.steps, method=self.method).x
+        y = self.codec.encode_mask(y)
+        noise_x = torch.randn((labels.shape[0], self.codec.latent_channels) + tuple(y.shape[2:]), generator=generator, device=device)
+        z = SymmFlowSolver(network).sample(noise_x, y, t_start=0.0, t_end=1.0, steps=self.steps, method=self.method).x
+        return self.codec.decode_image(z, self.image_channels)

@@ -42,7 +42,7 @@ def test_palette_codes_distinct_and_spaced(k: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "kind,k", [("gray", 2), ("gray", 10), ("rgb", 2), ("rgb", 5), ("rgb", 8), ("rgb", 64), ("palette", 19), ("palette", 171), ("palette", 2)]
+    "kind,k", [("gray", 2), ("gray", 10), ("rgb", 2), ("rgb", 5), ("rgb", 8), ("rgb", 64), ("palette", 19), ("palette", 171), ("palette", 2), ("onehot", 2), ("onehot", 5), ("onehot", 11)]
 )
 def test_round_trip_under_beta_noise(kind: str, k: int) -> None:
     cb = ClassCodebook.from_kind(kind, k)
@@ -60,6 +60,29 @@ def test_round_trip_under_beta_noise(kind: str, k: int) -> None:
     pix = cb.decode(noisy, "pixel")
     assert pix.labels.shape == (3 * k, 6, 5)
     assert torch.equal(pix.labels, labels[:, None, None].expand(-1, 6, 5))
+
+
+def test_onehot_codes() -> None:
+    cb = ClassCodebook.from_kind("onehot", 4)
+    assert cb.channels == 4 and cb.kind == "onehot"
+    torch.testing.assert_close(cb.codes, 2 * torch.eye(4) - 1)
+
+
+def test_onehot_mean_code_decodes_to_most_probable_class_where_rgb_does_not() -> None:
+    # A one-step prediction is the posterior mean of the codes. Posterior 0.45 / 0.10 / 0.45 / 0 / 0 over
+    # RetinaMNIST's 5 grades: the rgb mean of grades 0 and 2 lands exactly on grade 1's code.
+    posterior = torch.tensor([[0.45, 0.10, 0.45, 0.0, 0.0], [0.5, 0.0, 0.2, 0.3, 0.0]])
+    rgb, onehot = ClassCodebook.rgb(5), ClassCodebook.onehot(5)
+    rgb_mean = (posterior @ rgb.codes)[:, :, None, None]
+    assert rgb.decode(rgb_mean).labels[0].item() == 1
+    onehot_mean = (posterior @ onehot.codes)[:, :, None, None]
+    torch.testing.assert_close((onehot_mean[:, :, 0, 0] + 1) / 2, posterior)
+    assert onehot.decode(onehot_mean).labels.tolist() == [0, 0]
+    # For every posterior, the nearest one-hot code is the arg-max class (squared distance = const - 4 p_k).
+    torch.manual_seed(0)
+    p = torch.distributions.Dirichlet(torch.ones(5)).sample((500,))
+    out = onehot.decode((p @ onehot.codes)[:, :, None])
+    assert torch.equal(out.labels, p.argmax(1))
 
 
 def test_mean_and_mode_decisions_differ_where_they_should() -> None:

@@ -15,12 +15,15 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch import nn
 
 from medsymmflow.codes import ClassCodebook
+
+if TYPE_CHECKING:
+    from medsymmflow.networks.latent import LatentCodec
 
 __all__ = ["DEFAULT_EVAL_STEPS", "add_arguments", "evaluate_generation", "main", "parse_steps", "run"]
 
@@ -48,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="images per sampling batch (default: 64)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--vae", default=None, metavar="SOURCE",
+        help="VAE of a latent checkpoint when it moved (default: the source recorded in the checkpoint)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     ev = parser.add_argument_group("evaluation (--evaluate)")
     ev.add_argument(
@@ -111,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     eval_steps = parse_steps(args.eval_steps) if args.evaluate else ()
     ckpt = Path(args.ckpt)
-    gen = load_generator(ckpt, device=args.device)
+    gen = load_generator(ckpt, device=args.device, vae=getattr(args, "vae", None))
     beta = float(gen.run_info.get("beta", 0.0)) if args.beta is None else float(args.beta)
     out_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(ckpt)
     flag = str(gen.run_info["flag"])
@@ -123,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
     images, labels = generate_per_class(
         gen.network, gen.codebook, gen.image_channels, args.num_per_class, steps=args.steps, method=args.method,
         seed=args.seed, batch_size=args.batch_size, spatial_size=(gen.size, gen.size), progress=progress, beta=beta,
+        codec=gen.codec,
     )
     saved = save_samples(images, labels, out_dir, class_names=class_names)
     print(
@@ -179,7 +187,7 @@ def _run_evaluation(
         gen.network, gen.codebook, gen.image_channels, to_uint8_images(real.images), real.labels.numpy(),
         classifier=classifier, steps=eval_steps, method=args.method, seed=args.seed, batch_size=args.batch_size,
         num_per_class=args.eval_samples, feature_extractor=load_inception(inception_file, device=args.device),
-        device=args.device, beta=beta, progress=progress, montage_dir=out_dir,
+        device=args.device, beta=beta, progress=progress, montage_dir=out_dir, codec=gen.codec,
     )
     report = {
         "checkpoint": str(Path(args.ckpt).resolve()),
@@ -217,13 +225,15 @@ def evaluate_generation(
     beta: float = 0.0,
     progress: bool = False,
     montage_dir: str | Path | None = None,
+    codec: LatentCodec | None = None,
 ) -> dict[str, Any]:
     """FID (against ``real_images``, uint8 ``(N, H, W, C)``) and CAS of generated images at each step count.
 
     ``num_per_class=None`` generates as many images of each class as ``real_labels`` holds, so FID
     compares class mixes that match; every step count uses the same ``seed`` (the same start noise).
     ``feature_extractor=None`` loads the offline Inception V3. With ``montage_dir``, a montage of up
-    to 16 samples per class is written per step count as ``montage_<s>steps.png``.
+    to 16 samples per class is written per step count as ``montage_<s>steps.png``. ``codec``: the VAE
+    of a Latent MedSymmFlow network (generation runs on latents and decodes the images).
     Returns ``{"method", "seed", "beta", "num_per_class", "results": [{"steps", "nfe", "fid", "cas", ...}]}``.
     """
     from medsymmflow.flow.solver import FIXED_STEP_METHODS
@@ -253,7 +263,7 @@ def evaluate_generation(
         start = time.perf_counter()
         images, labels = generate_per_class(
             network, codebook, image_channels, counts, steps=s, method=method, seed=seed, batch_size=batch_size,
-            spatial_size=real.shape[1:3], progress=progress, beta=beta,
+            spatial_size=real.shape[1:3], progress=progress, beta=beta, codec=codec,
         )
         row: dict[str, Any] = {
             "steps": s,

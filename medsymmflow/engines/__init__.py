@@ -1,5 +1,6 @@
-"""Ignite/MONAI engines: the SymmFlow trainer, the evaluator and the handlers the bundles wire in."""
+"""Ignite/MONAI engines: the SymmFlow trainer, the evaluator, the VAE trainer and the handlers the bundles wire in."""
 
+from medsymmflow.engines.autoencoder import AutoencoderTrainer, VAEExport, kl_divergence
 from medsymmflow.engines.evaluator import SymmFlowEvaluator
 from medsymmflow.engines.handlers import (
     AtomicCheckpointSaver,
@@ -17,6 +18,7 @@ from medsymmflow.engines.trainer import SymmFlowTrainer
 
 __all__ = [
     "AtomicCheckpointSaver",
+    "AutoencoderTrainer",
     "AtomicDiskSaver",
     "ClassificationReport",
     "EMAUpdate",
@@ -27,6 +29,8 @@ __all__ = [
     "SymmFlowEvaluator",
     "SymmFlowTrainer",
     "TrainingBudget",
+    "VAEExport",
     "atomic_write",
+    "kl_divergence",
     "load_checkpoint",
 ]

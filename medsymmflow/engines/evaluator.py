@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import torch
@@ -11,6 +12,7 @@ from monai.utils import CommonKeys as Keys
 from ignite.engine import Events
 
 from medsymmflow.inferers import SymmFlowClassifier
+from medsymmflow.networks.latent import LatentCodec
 
 __all__ = ["SymmFlowEvaluator"]
 
@@ -25,6 +27,12 @@ class SymmFlowEvaluator(Evaluator):
     ``filename`` when it has a ``file`` key (the inference bundle copies each image's path there).
     The noise generator is re-seeded with ``seed`` at the start of every evaluation, so a run is
     reproducible and does not consume the training RNG stream.
+
+    With a ``codec`` (Latent MedSymmFlow) every run encodes the image to a posterior sample of its
+    latent, the inferer predicts code latents (its ``code_channels`` must be the codec's latent
+    channels) and they are decoded to code masks of the codebook's channel count before the
+    distances are taken; ``code_mean`` (B, C) then holds the first run's decoded code, averaged over
+    space.
     """
 
     def __init__(
@@ -38,6 +46,7 @@ class SymmFlowEvaluator(Evaluator):
         seed: int = 0,
         prepare_batch: Callable = default_prepare_batch,
         val_handlers: Sequence | None = None,
+        codec: LatentCodec | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -52,8 +61,17 @@ class SymmFlowEvaluator(Evaluator):
             raise ValueError(f"num_runs must be >= 1, got {num_runs}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if codec is not None:
+            if not isinstance(codec, LatentCodec):
+                raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
+            if inferer.code_channels != codec.latent_channels:
+                raise ValueError(
+                    f"the inferer predicts {inferer.code_channels}-channel codes but the VAE's latents have "
+                    f"{codec.latent_channels} channels: build it with code_channels={codec.latent_channels}"
+                )
         self.network = network
         self.inferer = inferer
+        self.codec = codec
         self.num_runs = int(num_runs)
         self.temperature = float(temperature)
         self.seed = int(seed)
@@ -67,7 +85,17 @@ class SymmFlowEvaluator(Evaluator):
         image = torch.as_tensor(image).float()
         engine.network.eval()
         with torch.no_grad():
-            runs = [engine.inferer(image, engine.network, generator=engine.generator) for _ in range(engine.num_runs)]
+            if engine.codec is None:
+                runs = [engine.inferer(image, engine.network, generator=engine.generator) for _ in range(engine.num_runs)]
+            else:
+                decode = functools.partial(engine.codec.decode_image, channels=engine.inferer.codebook.channels)
+                runs = [
+                    engine.inferer(
+                        engine.codec.encode_image(image, generator=engine.generator), engine.network,
+                        generator=engine.generator, decode=decode,
+                    )
+                    for _ in range(engine.num_runs)
+                ]
             mode = [engine.inferer.codebook.decode(r.code, "mode") for r in runs]
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         k = engine.inferer.codebook.num_classes
@@ -80,6 +108,7 @@ class SymmFlowEvaluator(Evaluator):
             "draw_distances": torch.stack([r.draw_distances for r in runs]),
             "pred_mode": torch.stack([m.labels for m in mode]),
             "uncertainty_mode": torch.stack([m.uncertainty for m in mode]),
+            "code_mean": runs[0].code.flatten(2).mean(-1),
         }
         if label is not None:
             lab = torch.as_tensor(label).reshape(-1).long()

@@ -85,14 +85,20 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
 
 class RunInfo:
-    """What a checkpoint was trained on; loading a checkpoint of another dataset or codebook fails clearly."""
+    """What a checkpoint was trained on; loading a checkpoint of another dataset, codebook or VAE fails clearly.
+
+    ``vae`` is optional: ``"none"`` for a pixel-space run, the :attr:`LatentCodec.identity` of a latent
+    one; checkpoints written before it existed count as ``"none"``. Other extra keys are stored, not checked.
+    """
 
     KEYS = ("flag", "num_classes", "code_kind", "image_channels", "code_channels", "size", "net_preset")
+    OPTIONAL = {"vae": "none"}
 
     def __init__(self, **info: Any) -> None:
         missing = [k for k in self.KEYS if k not in info]
         if missing:
             raise ValueError(f"RunInfo needs {', '.join(missing)}")
+        info = self.OPTIONAL | {k: v for k, v in info.items() if not (k in self.OPTIONAL and v is None)}
         self.info = {k: info[k] for k in self.KEYS} | {k: v for k, v in info.items() if k not in self.KEYS}
 
     def state_dict(self) -> dict[str, Any]:
@@ -101,14 +107,13 @@ class RunInfo:
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
         """Check that a checkpoint's run identity matches this run; raise ValueError naming the difference."""
+        expected = {k: state.get(k) for k in self.KEYS} | {k: state.get(k, v) for k, v in self.OPTIONAL.items()}
         diffs = [
-            f"{k}: checkpoint {state.get(k)!r} vs this run {self.info[k]!r}"
-            for k in self.KEYS
-            if str(state.get(k)) != str(self.info[k])
+            f"{k}: checkpoint {v!r} vs this run {self.info[k]!r}" for k, v in expected.items() if str(v) != str(self.info[k])
         ]
         if diffs:
             raise ValueError(
-                "the checkpoint was trained for a different dataset or codebook ("
+                "the checkpoint was trained for a different dataset, codebook or VAE ("
                 + "; ".join(diffs)
                 + "). Point --ckpt_path at a checkpoint of this dataset or change the overrides to match it."
             )

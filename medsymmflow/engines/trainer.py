@@ -13,6 +13,7 @@ from torch.optim import Optimizer
 from medsymmflow.codes import ClassCodebook, beta_to_amplitude
 from medsymmflow.flow.loss import SymmFlowLoss, TimeSampler
 from medsymmflow.flow.path import SymmetricPath
+from medsymmflow.networks.latent import LatentCodec
 
 __all__ = ["SymmFlowTrainer"]
 
@@ -23,6 +24,11 @@ class SymmFlowTrainer(SupervisedTrainer):
     Each iteration: class index -> code mask (codebook) -> dequantize with ``beta`` -> sample ``t``
     and noise -> symmetric path -> weighted x/y velocity MSE -> backward -> optimizer step.
     Checkpoints, EMA, LR schedules, validation and logging are handlers wired in the bundle.
+
+    With a ``codec`` (:class:`~medsymmflow.networks.LatentCodec`, Latent MedSymmFlow) the image is
+    replaced by a posterior sample of its VAE latent and the full-resolution dequantized code mask by
+    its posterior mode before the path is sampled, so the network learns the flow between latents
+    (``x_channels = y_channels = codec.latent_channels``).
     """
 
     def __init__(
@@ -42,6 +48,7 @@ class SymmFlowTrainer(SupervisedTrainer):
         epoch_length: int | None = None,
         prepare_batch: Callable = default_prepare_batch,
         train_handlers: Sequence | None = None,
+        codec: LatentCodec | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -65,6 +72,14 @@ class SymmFlowTrainer(SupervisedTrainer):
         if isinstance(autocast_dtype, str):
             autocast_dtype = getattr(torch, autocast_dtype)
         self.autocast_dtype = autocast_dtype
+        if codec is not None and not isinstance(codec, LatentCodec):
+            raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
+        if codec is not None and codebook.channels not in (1, codec.in_channels):
+            raise ValueError(
+                f"the latent variant passes the code mask through the VAE, which takes {codec.in_channels} channels, "
+                f"but the {codebook.kind} codebook has {codebook.channels}: use --code_kind rgb (or gray)"
+            )
+        self.codec = codec
 
     def code_targets(self, labels: torch.Tensor, spatial_size: Sequence[int], device: torch.device) -> torch.Tensor:
         """Dequantized code masks ``(B, C_y, *spatial)`` for class indices ``labels``."""
@@ -84,9 +99,13 @@ class SymmFlowTrainer(SupervisedTrainer):
         if engine.batch_augment is not None:
             image = engine.batch_augment(image)
         code = engine.code_targets(label, image.shape[2:], image.device)
+        engine.state.output = {Keys.IMAGE: image, Keys.LABEL: label}
+        if engine.codec is not None:
+            with torch.no_grad():
+                image = engine.codec.encode_image(image)
+                code = engine.codec.encode_mask(code)
         t = engine.time_sampler(image.shape[0], device=image.device)
         sample = engine.path.sample(image, code, t)
-        engine.state.output = {Keys.IMAGE: image, Keys.LABEL: label}
 
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)

@@ -5,6 +5,8 @@ multipliers 1,2,2,2, two residual blocks per level, 64 channels per attention he
 resolution 2 (the level after the first downsampling), dropout 0. The table's "4 heads" is
 overridden by the 64 head channels, as in the guided-diffusion UNet the authors use: a width-128
 level gets 128 / 64 = 2 heads. MONAI's middle block always adds self-attention as well.
+``"paper_latent"`` is the latent model of Table 5 (base width 128, otherwise the same), run on the
+4 x 28 x 28 latents of a 224 px image.
 """
 
 from __future__ import annotations
@@ -22,6 +24,15 @@ NET_PRESETS: dict[str, dict[str, Any]] = {
     # MedSymmFlow Table 4; 28 px inputs are padded to 32 (4 levels need a multiple of 8)
     "paper": {
         "channels": (64, 128, 128, 128),
+        "num_res_blocks": 2,
+        "attention_levels": (False, True, False, False),
+        "num_head_channels": 64,
+        "norm_num_groups": 32,
+        "dropout": 0.0,
+    },
+    # MedSymmFlow Table 5 (Latent MedSymmFlow): base width 128, multipliers 1,2,2,2
+    "paper_latent": {
+        "channels": (128, 256, 256, 256),
         "num_res_blocks": 2,
         "attention_levels": (False, True, False, False),
         "num_head_channels": 64,
