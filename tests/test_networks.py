@@ -220,7 +220,7 @@ def test_cpu_and_tiny_presets_sizes() -> None:
 def test_build_network_overrides_and_errors() -> None:
     model = build_network("tiny", 1, 1, channels=(4, 8, 8), num_head_channels=4)
     assert tuple(model.unet.block_out_channels) == (4, 8, 8)
-    with pytest.raises(ValueError, match="unknown network preset 'huge'.*cpu, paper, tiny"):
+    with pytest.raises(ValueError, match="unknown network preset 'huge'.*cpu, paper, paper_latent, tiny"):
         build_network("huge", 1, 1)
     with pytest.raises(TypeError, match="unknown SymmFlowUNet argument"):
         build_network("tiny", 1, 1, width=3)
