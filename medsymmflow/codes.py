@@ -201,6 +201,22 @@ class ClassCodebook:
         shape = (codes.shape[0], self.channels) + tuple(int(s) for s in spatial_size)
         return codes.reshape(codes.shape + (1,) * len(spatial_size)).expand(shape).contiguous()
 
+    def dequantized_code_mask(
+        self,
+        labels: torch.Tensor | np.ndarray,
+        spatial_size: tuple[int, ...],
+        beta: float,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """:meth:`code_mask` on ``device`` plus the uniform dequantization ``beta * U(-1/2, 1/2) / 127.5``."""
+        code = self.code_mask(torch.as_tensor(labels).reshape(-1).cpu(), spatial_size).to(device)
+        if beta > 0:
+            # drawn from torch's RNG (or ``generator``), so per-epoch reseeding of the training RNG covers it
+            noise = torch.rand(code.shape, generator=generator, device=code.device)
+            code = code + (noise - 0.5) * (2.0 * beta_to_amplitude(beta))
+        return code
+
     def label_map_to_code_mask(
         self, label_map: torch.Tensor | np.ndarray, ignore_index: int | None = None, ignore_value: float = 0.0
     ) -> torch.Tensor:

@@ -173,6 +173,8 @@ class SymmFlowSampler(Inferer):
         self.beta = codebook.check_beta(beta)
         if codec is not None and not isinstance(codec, LatentCodec):
             raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
+        if codec is not None:
+            codec.check_codebook(codebook)
         self.codec = codec
 
     def __call__(  # type: ignore[override]
@@ -185,10 +187,8 @@ class SymmFlowSampler(Inferer):
         """Generate one image per class index in ``inputs`` (B,); returns (B, C_x, *spatial) in [-1, 1]-ish."""
         labels = torch.as_tensor(inputs).reshape(-1)
         device = next(network.parameters()).device if isinstance(network, torch.nn.Module) else labels.device
-        y = self.codebook.code_mask(labels.cpu(), spatial_size).to(device)
-        if self.beta > 0:
-            # Same dequantization as training: beta * U(-1/2, 1/2) / 127.5.
-            y = y + (torch.rand(y.shape, generator=generator, device=device) - 0.5) * (self.beta / 127.5)
+        # the same dequantization as training
+        y = self.codebook.dequantized_code_mask(labels, tuple(spatial_size), self.beta, device, generator=generator)
         if self.codec is None:
             noise_x = torch.randn((labels.shape[0], self.image_channels) + tuple(spatial_size), generator=generator, device=device)
             return SymmFlowSolver(network).sample(noise_x, y, t_start=0.0, t_end=1.0, steps=self.steps, method=self.method).x

@@ -85,6 +85,17 @@ def test_onehot_mean_code_decodes_to_most_probable_class_where_rgb_does_not() ->
     assert torch.equal(out.labels, p.argmax(1))
 
 
+def test_dequantized_code_mask_stays_within_beta_and_follows_the_generator() -> None:
+    cb = ClassCodebook.rgb(5)
+    labels = torch.tensor([0, 3, 4])
+    clean = cb.code_mask(labels, (4, 4))
+    noisy = cb.dequantized_code_mask(labels, (4, 4), beta=4.0, generator=torch.Generator().manual_seed(1))
+    again = cb.dequantized_code_mask(labels, (4, 4), beta=4.0, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(noisy, again)
+    assert 0 < (noisy - clean).abs().max() <= beta_to_amplitude(4.0)
+    assert torch.equal(cb.dequantized_code_mask(labels, (4, 4), beta=0.0), clean)
+
+
 def test_mean_and_mode_decisions_differ_where_they_should() -> None:
     cb = ClassCodebook.gray(3)  # codes -1, 0, 1
     # 3 of 5 pixels say class 0 (-1), 2 say class 2 (+1): mode -> 0, mean = -0.2 -> class 1 (code 0)

@@ -287,6 +287,8 @@ def test_sampler_with_codec_generates_images() -> None:
     out = sampler(torch.tensor([0, 4]), build_network("tiny", 4, 4), spatial_size=(32, 32),
                   generator=torch.Generator().manual_seed(0))
     assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match="code_kind rgb"):  # 5 one-hot channels cannot enter a 3-channel VAE
+        SymmFlowSampler(ClassCodebook.onehot(5), image_channels=1, codec=codec)
 
 
 def test_run_info_tells_pixel_and_latent_checkpoints_apart() -> None:

@@ -27,9 +27,9 @@ from monai.networks.nets import AutoencoderKL
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
-from medsymmflow.codes import ClassCodebook, beta_to_amplitude
+from medsymmflow.codes import ClassCodebook
 from medsymmflow.io import atomic_write, json_safe
-from medsymmflow.networks.latent import LatentCodec, PresetAutoencoderKL, measure_scale_factor, save_vae
+from medsymmflow.networks.latent import LatentCodec, PresetAutoencoderKL, match_vae_channels, measure_scale_factor, save_vae
 
 __all__ = ["AutoencoderTrainer", "VAEExport", "kl_divergence"]
 
@@ -105,26 +105,17 @@ class AutoencoderTrainer(SupervisedTrainer):
         self.mask_weight = float(mask_weight)
         self.vae_channels = int(getattr(network, "module", network).encoder.in_channels)
 
-    def _to_vae_channels(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        if x.shape[1] == self.vae_channels:
-            return x
-        if x.shape[1] == 1:
-            return x.repeat(1, self.vae_channels, 1, 1)
-        raise ValueError(f"{name} have {x.shape[1]} channels but the VAE takes {self.vae_channels} (or 1, repeated)")
-
     def training_inputs(self, image: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
         """The batch the VAE reconstructs: images, then the dequantized code masks of some of their classes."""
-        inputs = self._to_vae_channels(image, "images")
+        inputs = match_vae_channels(image, self.vae_channels, "image")
         if self.codebook is None or self.mask_fraction == 0:
             return inputs
         if label is None:
             raise ValueError("AutoencoderTrainer with a codebook needs a 'label' in every batch to build code masks")
         labels = torch.as_tensor(label).reshape(-1)
         n = max(1, math.ceil(self.mask_fraction * labels.numel()))
-        masks = self.codebook.code_mask(labels[:n].cpu(), tuple(image.shape[2:])).to(image.device)
-        if self.beta > 0:
-            masks = masks + (torch.rand(masks.shape, device=masks.device) - 0.5) * (2.0 * beta_to_amplitude(self.beta))
-        return torch.cat([inputs, self._to_vae_channels(masks, "code masks")])
+        masks = self.codebook.dequantized_code_mask(labels[:n], tuple(image.shape[2:]), self.beta, image.device)
+        return torch.cat([inputs, match_vae_channels(masks, self.vae_channels, "code mask")])
 
     def _iteration(self, engine: "AutoencoderTrainer", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:

@@ -64,6 +64,7 @@ class SymmFlowEvaluator(Evaluator):
         if codec is not None:
             if not isinstance(codec, LatentCodec):
                 raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
+            codec.check_codebook(inferer.codebook)
             if inferer.code_channels != codec.latent_channels:
                 raise ValueError(
                     f"the inferer predicts {inferer.code_channels}-channel codes but the VAE's latents have "

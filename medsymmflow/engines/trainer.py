@@ -10,7 +10,7 @@ from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
-from medsymmflow.codes import ClassCodebook, beta_to_amplitude
+from medsymmflow.codes import ClassCodebook
 from medsymmflow.flow.loss import SymmFlowLoss, TimeSampler
 from medsymmflow.flow.path import SymmetricPath
 from medsymmflow.networks.latent import LatentCodec
@@ -74,20 +74,13 @@ class SymmFlowTrainer(SupervisedTrainer):
         self.autocast_dtype = autocast_dtype
         if codec is not None and not isinstance(codec, LatentCodec):
             raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
-        if codec is not None and codebook.channels not in (1, codec.in_channels):
-            raise ValueError(
-                f"the latent variant passes the code mask through the VAE, which takes {codec.in_channels} channels, "
-                f"but the {codebook.kind} codebook has {codebook.channels}: use --code_kind rgb (or gray)"
-            )
+        if codec is not None:
+            codec.check_codebook(codebook)
         self.codec = codec
 
     def code_targets(self, labels: torch.Tensor, spatial_size: Sequence[int], device: torch.device) -> torch.Tensor:
         """Dequantized code masks ``(B, C_y, *spatial)`` for class indices ``labels``."""
-        code = self.codebook.code_mask(labels.reshape(-1).cpu(), tuple(spatial_size)).to(device)
-        if self.beta > 0:
-            # The same noise as UniformDequantize, drawn from torch's RNG so per-epoch reseeding covers it.
-            code = code + (torch.rand(code.shape, device=device) - 0.5) * (2.0 * beta_to_amplitude(self.beta))
-        return code
+        return self.codebook.dequantized_code_mask(labels, tuple(spatial_size), self.beta, device)
 
     def _iteration(self, engine: "SymmFlowTrainer", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:

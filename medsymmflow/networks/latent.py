@@ -47,6 +47,7 @@ __all__ = [
     "VAELoadError",
     "build_vae",
     "load_vae",
+    "match_vae_channels",
     "measure_scale_factor",
     "save_vae",
 ]
@@ -239,14 +240,15 @@ class LatentCodec(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"{name} must be floating point in [-1, 1], got dtype {x.dtype}")
         self.latent_shape(x.shape[2:])
-        c = x.shape[1]
-        if c == 1 and self.in_channels != 1:
-            return x.repeat(1, self.in_channels, 1, 1)
-        if c != self.in_channels:
+        return match_vae_channels(x, self.in_channels, name)
+
+    def check_codebook(self, codebook: Any) -> None:
+        """Raise a ValueError when ``codebook``'s code masks cannot pass through this VAE."""
+        if codebook.channels not in (1, self.in_channels):
             raise ValueError(
-                f"{name} has {c} channels but the VAE takes {self.in_channels} (1-channel inputs are repeated)"
+                f"the latent variant passes the code mask through the VAE, which takes {self.in_channels} channels, "
+                f"but the {codebook.kind} codebook has {codebook.channels}: use --code_kind rgb (or gray)"
             )
-        return x
 
     def _posterior(self, x: torch.Tensor) -> tuple[Any, torch.Tensor, torch.Tensor]:
         if self.backend == "diffusers":
@@ -289,6 +291,16 @@ class LatentCodec(nn.Module):
         if int(channels) == 1:
             return out.mean(dim=1, keepdim=True)
         raise ValueError(f"cannot map the VAE's {out.shape[1]} output channels to {channels}; use 1 or {out.shape[1]}")
+
+
+def match_vae_channels(x: torch.Tensor, channels: int, name: str) -> torch.Tensor:
+    """``(B, C, H, W)`` -> ``channels`` channels: 1-channel input is repeated, any other mismatch raises."""
+    c = x.shape[1]
+    if c == 1 and channels != 1:
+        return x.repeat(1, channels, 1, 1)
+    if c != channels:
+        raise ValueError(f"{name} has {c} channels but the VAE takes {channels} (1-channel inputs are repeated)")
+    return x
 
 
 # ---------------------------------------------------------------------- scale factor
