@@ -88,6 +88,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--output-dir", required=True, help="run folder (model, predictions, metrics, results.json)")
     parser.add_argument("--log-every", type=int, default=1, help="log an epoch line every N epochs")
+    parser.add_argument(
+        "--autocast", default="none", choices=("none", "auto", "bfloat16", "float16"),
+        help="mixed precision (auto = bf16 where the CPU/GPU runs it natively; default: none)",
+    )
     args = parser.parse_args(argv)
     if args.budget_minutes == 0 and args.max_epochs is None:
         parser.error("--budget-minutes 0 (no budget) needs --max-epochs")
@@ -138,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         weight_decay=args.weight_decay,
         augment=not args.no_augment,
         balanced=args.balanced,
+        autocast=args.autocast,
         seed=args.seed,
         device=args.device,
         output_dir=args.output_dir,

@@ -39,6 +39,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sequential", action="store_true", help="train one model after the other instead of side by side")
     parser.add_argument("--steps", type=int, default=None, help="reverse Euler steps for medsymmflow classification (default: the recipe's)")
     parser.add_argument("--draws", type=int, default=None, help="label-noise draws averaged per image (default: the recipe's)")
+    parser.add_argument(
+        "--autocast", default=None, choices=("none", "auto", "bfloat16", "float16"),
+        help="mixed precision for both models, training and inference (default: the recipe's, configs/cpu.json)",
+    )
     parser.add_argument("--report-only", action="store_true", help="skip training: report on the runs already in --output-dir")
     parser.add_argument("--override", action="append", default=[], help="extra bundle override, e.g. --override=--training#x_weight=0.5")
     return parser.parse_args(argv)
@@ -55,6 +59,7 @@ def _bundle_command(args: argparse.Namespace, out: Path) -> list[str]:
         "--device", "cpu", "--output_dir", str(out), "--training#budget_minutes", str(args.budget_minutes),
         *(["--evaluation#steps", str(args.steps)] if args.steps is not None else []),
         *(["--evaluation#draws", str(args.draws)] if args.draws is not None else []),
+        "--training#autocast", args.autocast, "--evaluation#autocast", args.autocast,
         *extra,
     ]
 
@@ -63,7 +68,7 @@ def _resnet_command(args: argparse.Namespace, out: Path) -> list[str]:
     return [
         sys.executable, str(REPO / "benchmarks" / "baseline_resnet.py"), "--flag", args.flag,
         "--dataset-dir", str(Path(args.dataset_dir).resolve()), "--budget-minutes", str(args.budget_minutes),
-        "--threads", str(args.threads_each), "--output-dir", str(out),
+        "--threads", str(args.threads_each), "--output-dir", str(out), "--autocast", args.autocast,
     ]
 
 
@@ -86,19 +91,23 @@ def _wait_all(procs: list[tuple[str, subprocess.Popen, Path]], start: float) -> 
     return finished
 
 
-def _throughput(channels: int, num_classes: int, code_kind: str, preset: str, steps: int, draws: int) -> dict[str, Any]:
+def _throughput(
+    channels: int, num_classes: int, code_kind: str, preset: str, steps: int, draws: int, autocast: str
+) -> dict[str, Any]:
     import torch
     from throughput import compare_throughput, resnet_classifier, symmflow_classifier
 
     images = torch.randn(256, channels, 28, 28)
-    resnet, _ = resnet_classifier(channels, num_classes, 28)
-    flow, _ = symmflow_classifier(preset, channels, num_classes, code_kind, steps, draws, 0)
+    resnet, _ = resnet_classifier(channels, num_classes, 28, autocast)
+    flow, _ = symmflow_classifier(preset, channels, num_classes, code_kind, steps, draws, 0, autocast)
     return compare_throughput(flow, resnet, images, repeats=5, warmup=1)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run both trainings, read their test metrics, time throughput, print a table and write results.json."""
     args = _parse_args(argv)
+    if args.autocast is None:  # both models get the recipe's precision, so the comparison stays fair
+        args.autocast = str(json.loads((REPO / "configs" / "cpu.json").read_text()).get("evaluation#autocast") or "none")
     out = Path(args.output_dir or REPO / "runs" / "bench" / args.flag).resolve()
     flow_out, resnet_out = out / "medsymmflow", out / "resnet18"
     jobs = [
@@ -122,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     channels = int(medmnist_info(args.flag)["n_channels"])
     # the setting that produced the test figures, as recorded by the evaluation
     steps, draws = int(flow["steps"]), int(flow["draws"])
-    speed = _throughput(channels, int(flow["num_classes"]), flow["code_kind"], flow["net_preset"], steps, draws)
+    speed = _throughput(channels, int(flow["num_classes"]), flow["code_kind"], flow["net_preset"], steps, draws, args.autocast)
     rows = {
         "medsymmflow": {
             "acc": flow["summary"]["medmnist"]["acc"]["mean"],
@@ -142,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "budget_minutes": args.budget_minutes,
         "side_by_side": not args.sequential,
         "threads_each": args.threads_each,
-        "classification": {"steps": steps, "draws": draws, "code_kind": flow["code_kind"], "net_preset": flow["net_preset"]},
+        "classification": {"steps": steps, "draws": draws, "code_kind": flow["code_kind"], "net_preset": flow["net_preset"], "autocast": args.autocast},
         "results": rows,
         "throughput": speed,
         "medsymmflow_metrics": flow,

@@ -96,16 +96,23 @@ def compare_throughput(
     }
 
 
-def resnet_classifier(channels: int, num_classes: int, size: int) -> tuple[Callable[[torch.Tensor], Any], int]:
+def resnet_classifier(
+    channels: int, num_classes: int, size: int, autocast: str | None = None
+) -> tuple[Callable[[torch.Tensor], Any], int]:
     """The baseline's ResNet-18 as ``images -> softmax probabilities`` (eval mode) and its parameter count."""
-    from medsymmflow.baselines import build_resnet18
+    from medsymmflow.baselines import build_resnet18, predict_probabilities
+    from medsymmflow.precision import resolve_autocast
 
     model = build_resnet18(channels, num_classes, small_input=size <= 32).eval()
-    return (lambda x: torch.softmax(model(x), dim=1)), sum(p.numel() for p in model.parameters())
+    dtype = resolve_autocast(autocast, "cpu")
+    return (
+        lambda x: predict_probabilities(model, x, batch_size=x.shape[0], autocast_dtype=dtype)
+    ), sum(p.numel() for p in model.parameters())
 
 
 def symmflow_classifier(
-    preset: str, channels: int, num_classes: int, code: str, steps: int, draws: int, seed: int
+    preset: str, channels: int, num_classes: int, code: str, steps: int, draws: int, seed: int,
+    autocast: str | None = None,
 ) -> tuple[Callable[[torch.Tensor], Any], int]:
     """MedSymmFlow classification as ``images -> ClassificationResult`` (eval mode) and the network's size."""
     from medsymmflow import ClassCodebook
@@ -114,7 +121,7 @@ def symmflow_classifier(
 
     codebook = ClassCodebook.from_kind(code, num_classes)
     net = build_network(preset, x_channels=channels, y_channels=codebook.channels).eval()
-    classifier = SymmFlowClassifier(codebook, steps=steps, num_draws=draws)
+    classifier = SymmFlowClassifier(codebook, steps=steps, num_draws=draws, autocast=autocast)
     generator = torch.Generator().manual_seed(seed)
     return (lambda x: classifier(x, net, generator=generator)), count_parameters(net)
 
@@ -136,6 +143,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per setting before timing")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--autocast", default="none", choices=("none", "auto", "bfloat16", "float16"),
+        help="mixed precision for both models (auto = bf16 where the CPU runs it natively)",
+    )
     parser.add_argument("--output", default="runs/bench/throughput.json", help="JSON file to write")
     return parser.parse_args(argv)
 
@@ -203,12 +214,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     images = torch.rand(args.batch_size, args.channels, args.size, args.size) * 2.0 - 1.0
 
-    resnet_fn, params_resnet = resnet_classifier(args.channels, args.num_classes, args.size)
+    resnet_fn, params_resnet = resnet_classifier(args.channels, args.num_classes, args.size, args.autocast)
     rows = []
     reference_seconds: list[float] = []
     for preset, steps, draws in itertools.product(args.presets, args.steps, args.draws):
         torch.manual_seed(args.seed)
-        fn, params = symmflow_classifier(preset, args.channels, args.num_classes, args.code, steps, draws, args.seed)
+        fn, params = symmflow_classifier(
+            preset, args.channels, args.num_classes, args.code, steps, draws, args.seed, args.autocast
+        )
         # the CPU is shared, so its speed drifts: ResNet-18 is timed alongside every setting
         timing = compare_throughput(fn, resnet_fn, images, args.repeats, args.warmup)
         reference_seconds += timing["reference"]["seconds_per_batch"]
@@ -247,6 +260,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": command_line(),
         "machine": machine | {"torch_threads": torch.get_num_threads()},
         "note": note,
+        "autocast": args.autocast,
         "settings": {
             "batch_size": args.batch_size,
             "size": args.size,

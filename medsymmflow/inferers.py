@@ -25,6 +25,7 @@ from monai.inferers import Inferer
 from medsymmflow.codes import ClassCodebook
 from medsymmflow.flow.solver import SymmFlowSolver
 from medsymmflow.networks.latent import LatentCodec
+from medsymmflow.precision import autocast_context, resolve_autocast
 
 __all__ = ["ClassificationResult", "SymmFlowClassifier", "SymmFlowSampler", "SymmFlowSegmenter"]
 
@@ -62,8 +63,10 @@ class _ReverseInferer(Inferer):
         num_draws: int = 1,
         decision: str = "mean",
         code_channels: int | None = None,
+        autocast: str | torch.dtype | None = None,
     ) -> None:
         super().__init__()
+        resolve_autocast(autocast)  # an unknown setting fails here, not at the first batch
         if int(num_draws) < 1:
             raise ValueError(f"num_draws must be >= 1, got {num_draws}")
         if decision not in ("mean", "mode", "pixel", "vote"):
@@ -74,6 +77,7 @@ class _ReverseInferer(Inferer):
         self.num_draws = int(num_draws)
         self.decision = decision
         self.code_channels = codebook.channels if code_channels is None else int(code_channels)
+        self.autocast = autocast
 
     def predict_code(
         self,
@@ -88,15 +92,18 @@ class _ReverseInferer(Inferer):
         shape = (r * b, self.code_channels) + tuple(code_shape or inputs.shape[2:])
         noise_y = torch.randn(shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
         x = inputs.repeat((r,) + (1,) * (inputs.ndim - 1)) if r > 1 else inputs
-        out = SymmFlowSolver(network).sample(x, noise_y, t_start=1.0, t_end=0.0, steps=self.steps, method=self.method)
-        return out.y.reshape((r, b) + out.y.shape[1:])
+        with autocast_context(inputs.device, resolve_autocast(self.autocast, inputs.device)):
+            out = SymmFlowSolver(network).sample(x, noise_y, t_start=1.0, t_end=0.0, steps=self.steps, method=self.method)
+        y = out.y.float()  # distances and decisions are taken in float32 whatever the network ran in
+        return y.reshape((r, b) + y.shape[1:])
 
 
 class SymmFlowClassifier(_ReverseInferer):
     """Image -> class with ``steps`` reverse ODE steps averaged over ``num_draws`` label-noise draws.
 
     ``decision``: ``mean`` / ``mode`` decode the draw-averaged code (the papers' rule); ``vote`` decodes
-    every draw and takes the majority class.
+    every draw and takes the majority class. ``autocast`` (``none`` / ``auto`` / ``bfloat16`` /
+    ``float16``, see :mod:`medsymmflow.precision`) runs the network in mixed precision.
     """
 
     def __call__(  # type: ignore[override]
@@ -137,8 +144,15 @@ class SymmFlowClassifier(_ReverseInferer):
 class SymmFlowSegmenter(_ReverseInferer):
     """Image -> per-pixel class map and distance map with ``steps`` reverse ODE steps (25 by default)."""
 
-    def __init__(self, codebook: ClassCodebook, steps: int = 25, method: str = "euler", num_draws: int = 1) -> None:
-        super().__init__(codebook, steps=steps, method=method, num_draws=num_draws, decision="pixel")
+    def __init__(
+        self,
+        codebook: ClassCodebook,
+        steps: int = 25,
+        method: str = "euler",
+        num_draws: int = 1,
+        autocast: str | torch.dtype | None = None,
+    ) -> None:
+        super().__init__(codebook, steps=steps, method=method, num_draws=num_draws, decision="pixel", autocast=autocast)
 
     def __call__(  # type: ignore[override]
         self, inputs: torch.Tensor, network: Callable[..., Any], generator: torch.Generator | None = None

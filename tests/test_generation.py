@@ -320,6 +320,28 @@ def test_evaluate_generation_reports_fid_and_cas_per_step_count(tmp_path: Path) 
         assert row["fid"] > 0 and row["cas"]["per_class"] == [1.0, 0.0]
         assert Path(row["montage"]).is_file()
     assert report["results"][0]["fid"] != report["results"][1]["fid"]
+    assert report["reference"] is None
+
+
+def test_evaluate_generation_reference_row_from_real_images() -> None:
+    codebook = ClassCodebook.gray(2)
+    real = _blob_images(12, seed=0, size=8)
+    real_labels = np.array([0] * 8 + [1] * 4)
+    others = _blob_images(30, seed=1, brightness=60, size=8)
+    other_labels = np.array([0, 1] * 15)
+    classifier = lambda x: torch.tensor([[0.9, 0.1]]).repeat(x.shape[0], 1)  # noqa: E731
+    kwargs = dict(classifier=classifier, steps=(1,), feature_extractor=_random_features())
+    # the real split itself as reference: the class-matched draw is every image, so FID is ~0
+    same = evaluate_generation(_tiny_unet(1, 1), codebook, 1, real, real_labels, reference_images=real,
+                               reference_labels=real_labels, **kwargs)["reference"]
+    assert abs(same["fid"]) < 1e-3
+    assert same["cas"]["overall"] == pytest.approx(8 / 12)  # the classifier's accuracy on the real split
+    other = evaluate_generation(_tiny_unet(1, 1), codebook, 1, real, real_labels, reference_images=others,
+                                reference_labels=other_labels, **kwargs)["reference"]
+    assert other["fid"] > 1e-2 and other["source"].startswith("12 real images")
+    with pytest.raises(ValueError, match="holds 2 images of class 0, 8 are needed"):
+        evaluate_generation(_tiny_unet(1, 1), codebook, 1, real, real_labels, reference_images=others[:4],
+                            reference_labels=other_labels[:4], **kwargs)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -371,7 +393,7 @@ def test_cli_evaluate_writes_generation_metrics(
     from medsymmflow.data import write_synthetic_medmnist
     import medsymmflow.metrics.fid as fid
 
-    write_synthetic_medmnist(tmp_path / "data", "pneumoniamnist", n_train=4, n_val=4, n_test=6, seed=0)
+    write_synthetic_medmnist(tmp_path / "data", "pneumoniamnist", n_train=24, n_val=4, n_test=6, seed=0)
     ckpt = _write_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     torch.save(build_resnet18(1, 2).state_dict(), tmp_path / "model.pt")
     # Inception costs seconds per image on a CPU: a random extractor stands in for it here
@@ -386,6 +408,8 @@ def test_cli_evaluate_writes_generation_metrics(
     assert report["real"]["num_images"] == 6 and sum(report["num_per_class"]) == 6
     assert [r["steps"] for r in report["results"]] == [1, 2]
     assert all(r["fid"] > 0 and 0 <= r["cas"]["overall"] <= 1 for r in report["results"])
+    assert report["reference"]["split"] == "train" and report["reference"]["fid"] > 0
+    assert "real" in capsys.readouterr().out  # the reference row is printed above the step rows
     assert (tmp_path / "run" / "samples" / "montage_2steps.png").is_file()
     # a classifier of another dataset is refused with its file named
     torch.save(build_resnet18(1, 5).state_dict(), tmp_path / "other.pt")

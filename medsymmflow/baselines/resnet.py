@@ -40,6 +40,7 @@ from medsymmflow.data.medmnist import MedMNISTArrays, load_medmnist
 from medsymmflow.data.sampling import make_sampler
 from medsymmflow.io import atomic_write, json_safe
 from medsymmflow.metrics.classification import medmnist_metrics, torchmetrics_metrics
+from medsymmflow.precision import autocast_context, resolve_autocast
 
 __all__ = ["build_resnet18", "predict_probabilities", "train_resnet_baseline", "write_softmax_predictions"]
 
@@ -70,7 +71,11 @@ def build_resnet18(in_channels: int, num_classes: int, small_input: bool = True)
 
 @torch.inference_mode()
 def predict_probabilities(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 256, device: str | torch.device = "cpu"
+    model: nn.Module,
+    images: torch.Tensor,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Softmax class probabilities, float64 ``(N, K)`` on the CPU, of ``model`` in eval mode over ``images``."""
     if images.ndim != 4:
@@ -78,10 +83,11 @@ def predict_probabilities(
     was_training = model.training
     model.eval()
     try:
-        parts = [
-            torch.softmax(model(images[i : i + batch_size].to(device)).float(), dim=1).double().cpu()
-            for i in range(0, images.shape[0], batch_size)
-        ]
+        parts = []
+        for i in range(0, images.shape[0], batch_size):
+            with autocast_context(device, autocast_dtype):
+                logits = model(images[i : i + batch_size].to(device))
+            parts.append(torch.softmax(logits.float(), dim=1).double().cpu())
     finally:
         model.train(was_training)
     return torch.cat(parts)
@@ -207,6 +213,7 @@ def train_resnet_baseline(
     output_dir: str | os.PathLike | None = None,
     log_every: int = 1,
     threads: int | None = None,
+    autocast: str | torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Train MONAI's ResNet-18 on a MedMNIST flag within ``budget_minutes`` and evaluate its best checkpoint.
 
@@ -217,6 +224,8 @@ def train_resnet_baseline(
     callable ``(images, generator) -> images`` replaces it, False/None disables it. ``balanced`` draws
     classes equally often. ``threads`` sets torch's CPU threads for the call (restored afterwards).
     ``log_every``: log an epoch line every that many epochs (the first, best and last are always logged).
+    ``autocast``: mixed precision for training and prediction (``none`` / ``auto`` / ``bfloat16`` /
+    ``float16``, see :mod:`medsymmflow.precision`), so the baseline can get the same speed-up as SymmFlow.
 
     Writes, when ``output_dir`` is given: ``model.pt`` (best state_dict), ``predictions.csv`` (test),
     ``val_predictions.csv`` and ``metrics.json`` (last, so its presence means the run completed).
@@ -224,6 +233,7 @@ def train_resnet_baseline(
     """
     start = time.perf_counter()
     _check_args(budget_minutes, max_epochs, batch_size, lr, weight_decay, log_every, threads, augment)
+    autocast_dtype = resolve_autocast(autocast, device)
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -245,6 +255,7 @@ def train_resnet_baseline(
             device=torch.device(device),
             output_dir=None if output_dir is None else Path(output_dir),
             log_every=log_every,
+            autocast_dtype=autocast_dtype,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -267,6 +278,7 @@ def _train(
     device: torch.device,
     output_dir: Path | None,
     log_every: int,
+    autocast_dtype: torch.dtype | None = None,
 ) -> dict[str, Any]:
     """The body of :func:`train_resnet_baseline` after argument checks (``start`` is its perf_counter origin)."""
     train, val, test = (
@@ -320,7 +332,9 @@ def _train(
             images, labels = train_images[index], train_labels[index]
             if augmenter is not None:
                 images = augmenter(images, generator=generator)
-            loss = F.cross_entropy(model(images), labels)
+            with autocast_context(device, autocast_dtype):
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -330,7 +344,7 @@ def _train(
             seen += index.numel()
             steps += 1
         val_start = time.perf_counter()
-        val_probs = predict_probabilities(model, val.images, device=device)
+        val_probs = predict_probabilities(model, val.images, device=device, autocast_dtype=autocast_dtype)
         val_metrics = torchmetrics_metrics(val_probs, val.labels)
         now = time.perf_counter()
         epoch_seconds = now - epoch_start
@@ -387,7 +401,7 @@ def _train(
     train_seconds = time.perf_counter() - start - load_seconds
 
     model.load_state_dict(best["state"])
-    test_probs = predict_probabilities(model, test.images, device=device)
+    test_probs = predict_probabilities(model, test.images, device=device, autocast_dtype=autocast_dtype)
     result: dict[str, Any] = {
         "model": "monai.networks.nets.resnet18" + (" (3x3 stride-1 stem, no max-pool)" if size <= 32 else ""),
         "num_parameters": sum(p.numel() for p in model.parameters()),
@@ -410,6 +424,7 @@ def _train(
             "seed": seed,
             "device": str(device),
             "threads": torch.get_num_threads(),
+            "autocast": None if autocast_dtype is None else str(autocast_dtype).replace("torch.", ""),
         },
         "training": {
             "epochs_planned": planned,

