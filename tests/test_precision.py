@@ -102,3 +102,15 @@ def test_trainer_autocast_setting_reaches_the_forward_pass() -> None:
         assert seen[-1] == expected and out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
     with pytest.raises(ValueError, match="unknown autocast setting 'fast'"):
         trainer("fast")
+
+
+def test_resnet_baseline_predicts_in_bf16_close_to_float32() -> None:
+    from medsymmflow.baselines import build_resnet18, predict_probabilities
+
+    torch.manual_seed(0)
+    model = build_resnet18(1, 3)
+    images = torch.rand(5, 1, 28, 28) * 2 - 1
+    full = predict_probabilities(model, images)
+    half = predict_probabilities(model, images, autocast_dtype=torch.bfloat16)
+    assert half.dtype == torch.float64 and torch.allclose(half.sum(1), torch.ones(5, dtype=torch.float64))
+    assert not torch.equal(half, full) and torch.allclose(half, full, atol=0.05)
