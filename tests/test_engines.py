@@ -40,6 +40,25 @@ def test_budget_plans_epochs_and_shortens_the_lr_schedule() -> None:
     assert sched.t_total == engine.state.max_epochs * 5
 
 
+def test_budget_revises_the_plan_when_the_first_epoch_was_slow() -> None:
+    # the first epoch pays a one-off 0.3 s (like kernel warm-up); later epochs take 5 x 10 ms
+    engine = Engine(lambda e, b: time.sleep(0.3 if e.state.iteration == 1 else 0.01))
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = WarmupCosineSchedule(opt, warmup_steps=0, t_total=1000 * 5)
+    plans: list[int] = []
+    TrainingBudget(max_minutes=1.2 / 60, plan_epochs=True, lr_scheduler=sched, reserve_fraction=0.1).attach(engine)
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: plans.append(e.state.max_epochs))
+    start = time.monotonic()
+    engine.run(range(5), max_epochs=1000)
+    took = time.monotonic() - start
+    # the first plan (from 0.34 s) fits ~3 epochs; the revision fits ~14 more in the 1.08 s left
+    assert plans[0] <= 4 and engine.state.epoch == engine.state.max_epochs >= 10
+    assert 0.8 < took < 1.3  # the budget (1.2 s) is used up to the reserve and not overrun by more than a step
+    assert sched.t_total == engine.state.max_epochs * 5
+    with pytest.raises(ValueError, match="reserve_fraction"):
+        TrainingBudget(max_minutes=1, reserve_fraction=1.0)
+
+
 def test_budget_stops_at_time_and_at_epoch() -> None:
     engine = sleeper(0.01)
     TrainingBudget(max_minutes=0.3 / 60).attach(engine)
