@@ -24,6 +24,8 @@ from typing import Any, Sequence
 
 import torch
 
+from medsymmflow.precision import AUTOCAST_CHOICES
+
 
 def machine_info() -> dict[str, Any]:
     """CPU, load and library versions of this machine, so benchmark figures can be compared across runs."""
@@ -89,7 +91,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output-dir", required=True, help="run folder (model, predictions, metrics, results.json)")
     parser.add_argument("--log-every", type=int, default=1, help="log an epoch line every N epochs")
     parser.add_argument(
-        "--autocast", default="none", choices=("none", "auto", "bfloat16", "float16"),
+        "--autocast", default="none", choices=AUTOCAST_CHOICES,
         help="mixed precision (auto = bf16 where the CPU/GPU runs it natively; default: none)",
     )
     args = parser.parse_args(argv)

@@ -28,6 +28,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from baseline_resnet import command_line, machine_info  # noqa: E402
 
+from medsymmflow.precision import AUTOCAST_CHOICES
+
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -40,7 +42,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=None, help="reverse Euler steps for medsymmflow classification (default: the recipe's)")
     parser.add_argument("--draws", type=int, default=None, help="label-noise draws averaged per image (default: the recipe's)")
     parser.add_argument(
-        "--autocast", default=None, choices=("none", "auto", "bfloat16", "float16"),
+        "--autocast", default=None, choices=AUTOCAST_CHOICES,
         help="mixed precision for both models, training and inference (default: the recipe's, configs/cpu.json)",
     )
     parser.add_argument("--report-only", action="store_true", help="skip training: report on the runs already in --output-dir")

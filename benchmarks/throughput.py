@@ -28,6 +28,8 @@ from typing import Any, Sequence
 
 import torch
 
+from medsymmflow.precision import AUTOCAST_CHOICES
+
 TARGET_RATIO = 1.0 / 3.0
 
 
@@ -144,7 +146,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--autocast", default="none", choices=("none", "auto", "bfloat16", "float16"),
+        "--autocast", default="none", choices=AUTOCAST_CHOICES,
         help="mixed precision for both models (auto = bf16 where the CPU runs it natively)",
     )
     parser.add_argument("--output", default="runs/bench/throughput.json", help="JSON file to write")

@@ -183,7 +183,7 @@ def _run_evaluation(
             f"{gen.codebook.num_classes} / {gen.image_channels}"
         )
     reference = None
-    reference_split = getattr(args, "reference_split", "none")
+    reference_split = args.reference_split
     if reference_split not in ("none", args.split):
         reference = load_medmnist(flag, reference_split, size=size, dataset_dir=args.dataset_dir, download=False)
     classifier = None

@@ -215,7 +215,7 @@ class TrainingBudget:
         remaining = self.max_seconds * (1.0 - self.reserve_fraction) - elapsed
         fit = engine.state.epoch + max(0, int(remaining // max(epoch_seconds, 1e-6)))
         planned = max(engine.state.epoch, min(self._requested_epochs, fit))
-        if abs(planned - engine.state.max_epochs) <= tolerance or planned == engine.state.max_epochs:
+        if abs(planned - engine.state.max_epochs) <= tolerance:
             return
         engine.state.max_epochs = planned
         if self.lr_scheduler is not None and hasattr(self.lr_scheduler, "t_total"):
