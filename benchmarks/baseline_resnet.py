@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import torch
 
-from medsymmflow.precision import AUTOCAST_CHOICES
+from medsymmflow.precision import AUTOCAST_CHOICES, cpu_has_native_bf16
 
 
 def machine_info() -> dict[str, Any]:
@@ -56,6 +56,8 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cuda_available": torch.cuda.is_available(),
+        # decides what autocast "auto" does on this CPU, so figures from different CPUs are told apart
+        "cpu_native_bf16": cpu_has_native_bf16(),
     }
 
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from baseline_resnet import command_line, machine_info  # noqa: E402
 
+from medsymmflow.io import atomic_write
 from medsymmflow.precision import AUTOCAST_CHOICES
 
 
@@ -45,9 +46,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--autocast", default=None, choices=AUTOCAST_CHOICES,
         help="mixed precision for both models, training and inference (default: the recipe's, configs/cpu.json)",
     )
+    parser.add_argument(
+        "--resnet-batch-size", type=int, default=None,
+        help="ResNet-18 batch size (default: medsymmflow's, the recipe's unless an --override sets --batch_size)",
+    )
     parser.add_argument("--report-only", action="store_true", help="skip training: report on the runs already in --output-dir")
     parser.add_argument("--override", action="append", default=[], help="extra bundle override, e.g. --override=--training#x_weight=0.5")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.resnet_batch_size is None:  # same number of updates per epoch on both sides
+        args.resnet_batch_size = _recipe_batch_size(args)
+    return args
 
 
 def _bundle_command(args: argparse.Namespace, out: Path) -> list[str]:
@@ -71,7 +79,18 @@ def _resnet_command(args: argparse.Namespace, out: Path) -> list[str]:
         sys.executable, str(REPO / "benchmarks" / "baseline_resnet.py"), "--flag", args.flag,
         "--dataset-dir", str(Path(args.dataset_dir).resolve()), "--budget-minutes", str(args.budget_minutes),
         "--threads", str(args.threads_each), "--output-dir", str(out), "--autocast", args.autocast,
+        "--batch-size", str(args.resnet_batch_size),
     ]
+
+
+def _recipe_batch_size(args: argparse.Namespace) -> int:
+    """medsymmflow's batch size in this run: the last ``--batch_size`` override, else configs/cpu.json's."""
+    size = int(json.loads((REPO / "configs" / "cpu.json").read_text())["batch_size"])
+    for override in args.override:
+        key, _, value = override.partition("=")
+        if key == "--batch_size":
+            size = int(value)
+    return size
 
 
 def _launch(cmd: list[str], log: Path, threads: int) -> subprocess.Popen:
@@ -153,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "budget_minutes": args.budget_minutes,
         "side_by_side": not args.sequential,
         "threads_each": args.threads_each,
-        "classification": {"steps": steps, "draws": draws, "code_kind": flow["code_kind"], "net_preset": flow["net_preset"], "autocast": args.autocast},
+        "classification": {"steps": steps, "draws": draws, "code_kind": flow["code_kind"], "net_preset": flow["net_preset"], "autocast": args.autocast,
+                           "batch_size": _recipe_batch_size(args), "resnet_batch_size": args.resnet_batch_size},
         "results": rows,
         "throughput": speed,
         "medsymmflow_metrics": flow,
@@ -162,7 +182,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": command_line(),
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
     print(f"\n{args.flag}: {args.budget_minutes:g}-minute budget, {'side by side' if not args.sequential else 'sequential'}, {args.threads_each} thread(s) each")
     print(f"{'model':<14}{'ACC':>10}{'AUC':>10}{'minutes':>10}")
     for name, r in rows.items():

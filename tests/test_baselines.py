@@ -280,3 +280,17 @@ def test_throughput_timer_counts_calls_and_reports_the_median() -> None:
     with pytest.raises(ValueError, match="repeats"):
         throughput.measure_throughput(lambda x: None, images, repeats=0)
     assert math.isfinite(paired["reference"]["images_per_second"])
+
+
+def test_benchmark_gives_the_resnet_medsymmflow_batch_size_unless_told_otherwise() -> None:
+    bench = _load_script("classification")
+    recipe = json.loads((BENCHMARKS.parent / "configs" / "cpu.json").read_text())["batch_size"]
+
+    def resnet_batch(*argv: str) -> int:
+        args = bench._parse_args(["--flag", "retinamnist", "--dataset-dir", ".", "--autocast", "none", *argv])
+        cmd = bench._resnet_command(args, Path("out"))
+        return int(cmd[cmd.index("--batch-size") + 1])
+
+    assert resnet_batch() == recipe
+    assert resnet_batch("--override=--batch_size=48", "--override=--balanced=true") == 48
+    assert resnet_batch("--override=--batch_size=48", "--resnet-batch-size", "100") == 100

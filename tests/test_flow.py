@@ -32,6 +32,29 @@ def test_path_endpoints_and_targets(sigma: float) -> None:
     torch.testing.assert_close((ya - yb) / (2 * h), s0.dy_t, atol=1e-3, rtol=1e-3)
 
 
+def test_endpoint_mean_targets_average_out_the_unseen_noise() -> None:
+    sigma = 1e-4
+    mean_path, plain = SymmetricPath(sigma, endpoint_targets="mean"), SymmetricPath(sigma)
+    x, y = torch.randn(4, 1, 5, 5), torch.randn(4, 3, 5, 5)
+    nx, ny = torch.randn_like(x), torch.randn_like(y)
+    t = torch.tensor([1.0, 0.0, 0.4, 1.0])
+    m, p = mean_path.sample(x, y, t, nx, ny), plain.sample(x, y, t, nx, ny)
+    # inputs are untouched; only the targets of the half whose noise is hidden change
+    torch.testing.assert_close(m.x_t, p.x_t)
+    torch.testing.assert_close(m.y_t, p.y_t)
+    torch.testing.assert_close(m.dx_t[[0, 3]], x[[0, 3]])  # t=1: image noise unseen, E[x - a xi_x] = x
+    torch.testing.assert_close(m.dy_t[[0, 3]], p.dy_t[[0, 3]])  # label noise is the input there
+    torch.testing.assert_close(m.dy_t[1], -(1 - sigma) * y[1])  # t=0: label noise unseen
+    torch.testing.assert_close(m.dx_t[1], p.dx_t[1])
+    torch.testing.assert_close(m.dx_t[2], p.dx_t[2])
+    torch.testing.assert_close(m.dy_t[2], p.dy_t[2])
+    # the mean target is the average of the sampled targets over many noise draws
+    draws = torch.stack([plain.sample(x, y, t).dx_t[0] for _ in range(4000)])
+    torch.testing.assert_close(draws.mean(0), m.dx_t[0], atol=0.08, rtol=0)
+    with pytest.raises(ValueError, match="endpoint_targets"):
+        SymmetricPath(endpoint_targets="expected")
+
+
 def test_recover_inverts_interpolation() -> None:
     path = SymmetricPath(1e-4)
     x, y = torch.randn(3, 2, 4, 4), torch.randn(3, 3, 4, 4)

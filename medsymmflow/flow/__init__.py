@@ -1,10 +1,11 @@
 """The flow: symmetric path, loss and time schedules, ODE solver."""
 
 from medsymmflow.flow.loss import TIME_SCHEDULES, SymmFlowLoss, TimeSampler
-from medsymmflow.flow.path import SymmetricPath, SymmetricPathSample
+from medsymmflow.flow.path import ENDPOINT_TARGETS, SymmetricPath, SymmetricPathSample
 from medsymmflow.flow.solver import FIXED_STEP_METHODS, SolverResult, SymmFlowSolver, time_grid
 
 __all__ = [
+    "ENDPOINT_TARGETS",
     "FIXED_STEP_METHODS",
     "TIME_SCHEDULES",
     "SolverResult",

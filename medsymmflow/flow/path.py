@@ -6,6 +6,13 @@ Time runs from t=0 (image = noise, label = clean code) to t=1 (image = clean, la
     y_t = (1 - (1 - s) t) y    + t xi_y       dy_t/dt = xi_y - (1 - s) y
 
 with ``s = sigma_min`` (1e-4 in the authors' code; 0 gives the paper's equations exactly).
+
+At the endpoints one half of the target is pure noise the network cannot see: at t=1 the image
+noise ``xi_x`` is (up to ``s``) absent from the inputs, at t=0 the label noise ``xi_y`` is. The
+regression optimum there is the target's mean over that noise (``x`` and ``-(1 - s) y``).
+``endpoint_targets="mean"`` trains on that mean directly: same optimum, none of the unit-variance
+gradient noise that schedules putting many times exactly at t=1 (``TimeSampler("mixture")``)
+otherwise feed into the shared network.
 """
 
 from __future__ import annotations
@@ -14,7 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SymmetricPath", "SymmetricPathSample"]
+__all__ = ["ENDPOINT_TARGETS", "SymmetricPath", "SymmetricPathSample"]
+
+ENDPOINT_TARGETS = ("sample", "mean")
 
 
 @dataclass
@@ -35,10 +44,13 @@ class SymmetricPathSample:
 class SymmetricPath:
     """Affine symmetric path; ``sample(x, y, t)`` returns interpolants and target velocities."""
 
-    def __init__(self, sigma_min: float = 1e-4) -> None:
+    def __init__(self, sigma_min: float = 1e-4, endpoint_targets: str = "sample") -> None:
         if not 0.0 <= sigma_min < 1.0:
             raise ValueError(f"sigma_min must lie in [0, 1), got {sigma_min}")
+        if endpoint_targets not in ENDPOINT_TARGETS:
+            raise ValueError(f"unknown endpoint_targets {endpoint_targets!r}; choose one of {', '.join(ENDPOINT_TARGETS)}")
         self.sigma_min = float(sigma_min)
+        self.endpoint_targets = endpoint_targets
 
     @staticmethod
     def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -91,7 +103,18 @@ class SymmetricPath:
             raise ValueError("noise_x / noise_y must match the shapes of x / y")
         x_t, y_t = self.interpolate(x, y, noise_x, noise_y, t)
         dx_t, dy_t = self.velocity(x, y, noise_x, noise_y)
+        if self.endpoint_targets == "mean":
+            dx_t, dy_t = self._endpoint_means(x, y, t, dx_t, dy_t)
         return SymmetricPathSample(x=x, y=y, noise_x=noise_x, noise_y=noise_y, t=t, x_t=x_t, y_t=y_t, dx_t=dx_t, dy_t=dy_t)
+
+    def _endpoint_means(
+        self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, dx_t: torch.Tensor, dy_t: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # E[xi] = 0 for the half whose noise the inputs do not show: the image's at t=1, the label's at t=0.
+        a = 1.0 - self.sigma_min
+        at_one = self._expand(t == 1, x).bool()
+        at_zero = self._expand(t == 0, y).bool()
+        return torch.where(at_one, x, dx_t), torch.where(at_zero, -a * y, dy_t)
 
     def recover(
         self, x_t: torch.Tensor, y_t: torch.Tensor, v_x: torch.Tensor, v_y: torch.Tensor, t: torch.Tensor
