@@ -53,8 +53,12 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--report-only", action="store_true", help="skip training: report on the runs already in --output-dir")
     parser.add_argument("--override", action="append", default=[], help="extra bundle override, e.g. --override=--training#x_weight=0.5")
     args = parser.parse_args(argv)
+    recipe = json.loads((REPO / "configs" / "cpu.json").read_text())
+    if args.autocast is None:  # both models get the recipe's precision, so the comparison stays fair
+        args.autocast = str(recipe.get("evaluation#autocast") or "none")
+    args.batch_size = _batch_size(recipe, args.override)
     if args.resnet_batch_size is None:  # same number of updates per epoch on both sides
-        args.resnet_batch_size = _recipe_batch_size(args)
+        args.resnet_batch_size = args.batch_size
     return args
 
 
@@ -83,10 +87,10 @@ def _resnet_command(args: argparse.Namespace, out: Path) -> list[str]:
     ]
 
 
-def _recipe_batch_size(args: argparse.Namespace) -> int:
-    """medsymmflow's batch size in this run: the last ``--batch_size`` override, else configs/cpu.json's."""
-    size = int(json.loads((REPO / "configs" / "cpu.json").read_text())["batch_size"])
-    for override in args.override:
+def _batch_size(recipe: dict[str, Any], overrides: Sequence[str]) -> int:
+    """medsymmflow's batch size in this run: the last ``--batch_size`` override, else the recipe's."""
+    size = int(recipe["batch_size"])
+    for override in overrides:
         key, _, value = override.partition("=")
         if key == "--batch_size":
             size = int(value)
@@ -127,8 +131,6 @@ def _throughput(
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run both trainings, read their test metrics, time throughput, print a table and write results.json."""
     args = _parse_args(argv)
-    if args.autocast is None:  # both models get the recipe's precision, so the comparison stays fair
-        args.autocast = str(json.loads((REPO / "configs" / "cpu.json").read_text()).get("evaluation#autocast") or "none")
     out = Path(args.output_dir or REPO / "runs" / "bench" / args.flag).resolve()
     flow_out, resnet_out = out / "medsymmflow", out / "resnet18"
     jobs = [
@@ -173,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "side_by_side": not args.sequential,
         "threads_each": args.threads_each,
         "classification": {"steps": steps, "draws": draws, "code_kind": flow["code_kind"], "net_preset": flow["net_preset"], "autocast": args.autocast,
-                           "batch_size": _recipe_batch_size(args), "resnet_batch_size": args.resnet_batch_size},
+                           "batch_size": args.batch_size, "resnet_batch_size": args.resnet_batch_size},
         "results": rows,
         "throughput": speed,
         "medsymmflow_metrics": flow,

@@ -112,9 +112,7 @@ class SymmetricPath:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # E[xi] = 0 for the half whose noise the inputs do not show: the image's at t=1, the label's at t=0.
         a = 1.0 - self.sigma_min
-        at_one = self._expand(t == 1, x).bool()
-        at_zero = self._expand(t == 0, y).bool()
-        return torch.where(at_one, x, dx_t), torch.where(at_zero, -a * y, dy_t)
+        return torch.where(self._expand(t, x) == 1, x, dx_t), torch.where(self._expand(t, y) == 0, -a * y, dy_t)
 
     def recover(
         self, x_t: torch.Tensor, y_t: torch.Tensor, v_x: torch.Tensor, v_y: torch.Tensor, t: torch.Tensor
