@@ -147,6 +147,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         start = time.monotonic()
         wall = _wait_all([(name, _launch(cmd, log, args.threads_each), log) for name, cmd, log in jobs], start)
 
+    missing = [str(p) for p in (flow_out / "metrics.json", resnet_out / "metrics.json") if not p.is_file()]
+    if missing:
+        raise SystemExit(
+            f"classification benchmark: no test metrics at {', '.join(missing)}; "
+            + ("--report-only needs the --output-dir of a finished run" if args.report_only else "see the training logs in " + str(out))
+        )
     flow = json.loads((flow_out / "metrics.json").read_text())
     resnet = json.loads((resnet_out / "metrics.json").read_text())
     from medsymmflow.data import medmnist_info

@@ -294,3 +294,11 @@ def test_benchmark_gives_the_resnet_medsymmflow_batch_size_unless_told_otherwise
     assert resnet_batch() == recipe
     assert resnet_batch("--override=--batch_size=48", "--override=--balanced=true") == 48
     assert resnet_batch("--override=--batch_size=48", "--resnet-batch-size", "100") == 100
+
+
+def test_benchmark_report_without_finished_runs_names_the_missing_file(tmp_path: Path) -> None:
+    bench = _load_script("classification")
+    argv = ["--flag", "retinamnist", "--dataset-dir", ".", "--report-only", "--output-dir", str(tmp_path)]
+    with pytest.raises(SystemExit, match=r"no test metrics at .*medsymmflow/metrics.json.*--report-only needs"):
+        bench.main(argv)
+    assert not (tmp_path / "results.json").exists()
