@@ -87,6 +87,47 @@ def test_unet_3d() -> None:
     assert v_x.shape == x.shape and v_y.shape == y.shape
 
 
+@pytest.mark.parametrize("size", [(28, 28), (27, 30)])
+def test_patch_stem_folds_patches_into_channels_around_the_unet(size: tuple[int, int]) -> None:
+    model = _randomize(build_network("tiny", 1, 3, patch_size=2)).eval()
+    assert model.unet.in_channels == model.unet.out_channels == 16 and model.size_multiple == 4
+    x, y = _inputs(2, 1, 3, size)
+    t = torch.tensor([0.2, 0.9])
+    v_x, v_y = model(x, y, t)
+    assert v_x.shape == x.shape and v_y.shape == y.shape
+
+    # reference: pad to a multiple of 4 as usual, then torch's pixel (un)shuffle around the UNet
+    ph, pw = (-size[0]) % 4, (-size[1]) % 4
+    top, left = ph // 2, pw // 2
+    padded = F.pad(torch.cat([x, y], 1), (left, pw - left, top, ph - top), mode="replicate")
+    out = F.pixel_shuffle(model.unet(F.pixel_unshuffle(padded, 2), timesteps=t), 2)
+    ref = out[:, :, top : top + size[0], left : left + size[1]]
+    torch.testing.assert_close(torch.cat([v_x, v_y], 1), ref)
+
+
+def test_patch_stem_3d_orders_channels_like_pixel_unshuffle() -> None:
+    model = _randomize(build_network("tiny", 1, 2, spatial_dims=3, patch_size=2))
+    x, y = _inputs(1, 1, 2, (4, 6, 7))
+    v_x, v_y = model(x, y, 0.5)
+    assert v_x.shape == x.shape and v_y.shape == y.shape
+    x, y = _inputs(1, 1, 2, (4, 8, 8))  # a multiple of 4: no size padding around the probe
+
+    class Probe(nn.Module):
+        """Stands in for the UNet: records its input and returns it unchanged."""
+
+        def forward(self, h: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+            self.seen = h
+            return h
+
+    model.unet = Probe()
+    v_x, v_y = model(x, y, 0.5)
+    torch.testing.assert_close(torch.cat([v_x, v_y], 1), torch.cat([x, y], 1))  # exact round trip
+    # folded channel c * 8 + 4 i + 2 j + k holds voxel offset (i, j, k) of each 2 x 2 x 2 patch
+    folded = model.unet.seen
+    assert folded.shape == (1, 24, 2, 4, 4)
+    torch.testing.assert_close(folded[0, 8 * 1 + 4 * 1 + 2 * 0 + 1], y[0, 0, 1::2, 0::2, 1::2])
+
+
 # ---------------------------------------------------------------- SymmFlowUNet: time handling
 
 
@@ -149,6 +190,8 @@ def test_unet_input_errors(x_shape, y_shape, t, match) -> None:
         ({"time_scale": 0.0}, "time_scale"),
         ({"padding_mode": "reflect"}, "padding_mode"),
         ({"spatial_dims": 1}, "spatial_dims"),
+        ({"patch_size": 0}, "patch_size must be a positive int"),
+        ({"patch_size": True}, "patch_size must be a positive int"),
     ],
 )
 def test_unet_constructor_errors(kwargs, match) -> None:
@@ -215,12 +258,16 @@ def test_cpu_and_tiny_presets_sizes() -> None:
     assert 0.5e6 <= count_parameters(cpu) <= 2e6
     assert 1e3 <= count_parameters(tiny) <= 1e5
     assert cpu.size_multiple == 4  # 28 px runs unpadded
+    fast = build_network("cpu_patch", 1, 3)
+    # 2 x 2 patches of 4 channels: the first level runs at 14 px, 28 px stays unpadded
+    assert fast.unet.in_channels == 16 and fast.size_multiple == 4
+    assert 0.5e6 <= count_parameters(fast) <= 2e6
 
 
 def test_build_network_overrides_and_errors() -> None:
     model = build_network("tiny", 1, 1, channels=(4, 8, 8), num_head_channels=4)
     assert tuple(model.unet.block_out_channels) == (4, 8, 8)
-    with pytest.raises(ValueError, match="unknown network preset 'huge'.*cpu, paper, paper_latent, tiny"):
+    with pytest.raises(ValueError, match="unknown network preset 'huge'.*cpu, cpu_patch, paper, paper_latent, tiny"):
         build_network("huge", 1, 1)
     with pytest.raises(TypeError, match="unknown SymmFlowUNet argument"):
         build_network("tiny", 1, 1, width=3)

@@ -49,6 +49,17 @@ NET_PRESETS: dict[str, dict[str, Any]] = {
         "norm_num_groups": 8,
         "dropout": 0.0,
     },
+    # the "cpu" network's budget at half the cost per step: 2 x 2 patches folded into channels
+    # (space-to-depth) so the first level runs at 14 px, the second at 7 px with attention
+    "cpu_patch": {
+        "channels": (64, 64),
+        "num_res_blocks": 1,
+        "attention_levels": (False, True),
+        "num_head_channels": 32,
+        "norm_num_groups": 8,
+        "dropout": 0.0,
+        "patch_size": 2,
+    },
     # for tests: milliseconds per forward pass. attention_levels is left to the default (none) so
     # that overriding `channels` with more levels still builds.
     "tiny": {

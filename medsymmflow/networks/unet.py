@@ -41,6 +41,25 @@ def _as_tuple(value: int | Sequence[int], length: int, name: str) -> tuple[int, 
     return values
 
 
+def _fold_patches(h: torch.Tensor, p: int) -> torch.Tensor:
+    """Space-to-depth: (B, C, S1, ..., Sd) -> (B, C * p**d, S1 / p, ..., Sd / p)."""
+    batch, channels, *size = h.shape
+    d = len(size)
+    # split every axis into (S / p, p), then move the d patch axes next to the channels
+    h = h.reshape(batch, channels, *[v for s in size for v in (s // p, p)])
+    order = [0, 1] + [3 + 2 * i for i in range(d)] + [2 + 2 * i for i in range(d)]
+    return h.permute(order).reshape(batch, channels * p**d, *[s // p for s in size])
+
+
+def _unfold_patches(h: torch.Tensor, p: int, channels: int) -> torch.Tensor:
+    """Depth-to-space, the inverse of :func:`_fold_patches`."""
+    batch, _, *size = h.shape
+    d = len(size)
+    h = h.reshape(batch, channels, *([p] * d), *size)
+    order = [0, 1] + [v for i in range(d) for v in (2 + d + i, 2 + i)]
+    return h.permute(order).reshape(batch, channels, *[s * p for s in size])
+
+
 class SymmFlowUNet(nn.Module):
     """Joint velocity field for SymmFlow: a MONAI DiffusionModelUNet over ``cat([x_t, y_t])``.
 
@@ -64,6 +83,10 @@ class SymmFlowUNet(nn.Module):
         resblock_updown: use residual blocks for down/up-sampling.
         use_flash_attention: use torch's scaled_dot_product_attention in MONAI's attention blocks.
         padding_mode: ``"replicate"`` (default) or ``"constant"`` (zeros) for the size padding.
+        patch_size: side of the non-overlapping patches folded into channels before the UNet and
+            unfolded after it (space-to-depth). 1 (default) keeps full resolution; 2 runs the UNet's
+            first level at half the resolution with ``2 ** spatial_dims`` times the input channels,
+            which removes the most expensive convolutions at small image sizes.
 
     Replicate padding is the default because the padded border is context only (it is cropped
     away and never supervised): replicating keeps a classification code mask ``y_t`` spatially
@@ -87,6 +110,7 @@ class SymmFlowUNet(nn.Module):
         resblock_updown: bool = False,
         use_flash_attention: bool = False,
         padding_mode: str = "replicate",
+        patch_size: int = 1,
     ) -> None:
         super().__init__()
         for name, value in (("x_channels", x_channels), ("y_channels", y_channels)):
@@ -129,19 +153,24 @@ class SymmFlowUNet(nn.Module):
         if padding_mode not in ("replicate", "constant"):
             raise ValueError(f"padding_mode must be 'replicate' or 'constant', got {padding_mode!r}")
 
+        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
+            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+
         self.x_channels = x_channels
         self.y_channels = y_channels
+        self.patch_size = patch_size
         self.spatial_dims = spatial_dims
         self.channels = channels
         self.time_scale = float(time_scale)
         self.dropout = float(dropout)
         self.padding_mode = padding_mode
         # each of the (levels - 1) downsamplings halves the size, and the up path must meet the skips
-        self.size_multiple = 2 ** (levels - 1)
+        self.size_multiple = patch_size * 2 ** (levels - 1)
+        folded = (x_channels + y_channels) * patch_size**spatial_dims
         self.unet = DiffusionModelUNet(
             spatial_dims=spatial_dims,
-            in_channels=x_channels + y_channels,
-            out_channels=x_channels + y_channels,
+            in_channels=folded,
+            out_channels=folded,
             num_res_blocks=res_blocks,
             channels=channels,
             attention_levels=attention,
@@ -198,8 +227,15 @@ class SymmFlowUNet(nn.Module):
                 pad += [before, s_new - s - before]
             h = F.pad(h, pad, mode=self.padding_mode)
             starts = pad[-2::-2]  # the "before" amounts, first spatial axis first
-            h = self.unet(h, timesteps=t * self.time_scale)
+            h = self._unet(h, t)
             h = h[(slice(None), slice(None)) + tuple(slice(b, b + s) for b, s in zip(starts, size))]
         else:
-            h = self.unet(h, timesteps=t * self.time_scale)
+            h = self._unet(h, t)
         return h[:, : self.x_channels], h[:, self.x_channels :]
+
+    def _unet(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The UNet on ``h`` (sizes already a multiple of ``size_multiple``), folding patches around it."""
+        if self.patch_size == 1:
+            return self.unet(h, timesteps=t * self.time_scale)
+        out = self.unet(_fold_patches(h, self.patch_size), timesteps=t * self.time_scale)
+        return _unfold_patches(out, self.patch_size, h.shape[1])
