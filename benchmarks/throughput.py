@@ -133,7 +133,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Classification throughput of ResNet-18 vs MedSymmFlow (random input, CPU, inference mode).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--presets", nargs="+", default=["tiny", "cpu", "paper"], help="medsymmflow network presets")
+    parser.add_argument("--presets", nargs="+", default=["tiny", "cpu", "cpu_patch", "paper"], help="medsymmflow network presets")
     parser.add_argument("--steps", nargs="+", type=int, default=[1, 2], help="reverse Euler steps")
     parser.add_argument("--draws", nargs="+", type=int, default=[1, 4, 8], help="label-noise draws averaged per image")
     parser.add_argument("--batch-size", type=int, default=256)

@@ -17,8 +17,15 @@ A codebook holds ``K`` code vectors of ``C`` channels in ``[-1, 1]``:
 Decoding takes the predicted code mask, measures the L2 distance to every code and picks the
 nearest one: ``mean`` averages the mask over space first (the papers' rule for classification),
 ``mode`` takes the most common per-pixel nearest class, ``pixel`` keeps the per-pixel decision
-(segmentation). The distance to the chosen code is the uncertainty; ``-distance`` is the per-class
-score used for AUC.
+(segmentation). The distance to the chosen code is the uncertainty.
+
+Per-class scores for AUC (:meth:`ClassCodebook.class_scores`): ``softmax`` is ``softmax(-d / tau)``
+of the distances; ``posterior`` reads the class posterior ``p`` back from the mean code: the code
+mean of a one-step prediction estimates ``sum_k p_k c_k``, and when the codes are affinely
+independent (``onehot``; ``gray`` with 2 classes; up to ``C + 1`` generic codes) its barycentric
+coordinates are ``p``, computable from the distances alone. ``softmax`` ranks an image's score for
+class ``k`` partly by how far the code mean sits from the other codes, which blurs the per-class
+ranking that AUC measures; ``posterior`` does not.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import torch
 __all__ = [
     "CODE_KINDS",
     "DECISIONS",
+    "SCORES",
     "ClassCodebook",
     "CodebookDecoding",
     "beta_to_amplitude",
@@ -40,6 +48,7 @@ __all__ = [
 
 CODE_KINDS = ("gray", "rgb", "palette", "onehot")
 DECISIONS = ("mean", "mode", "pixel")
+SCORES = ("softmax", "posterior")
 
 RGB_LEVELS = (0, 75, 150, 225)
 
@@ -264,6 +273,49 @@ class ClassCodebook:
         labels = counts.argmax(dim=1)  # ties go to the lower class index
         d = d_pix.flatten(2).mean(-1)  # mean per-pixel distance to each code
         return CodebookDecoding(labels=labels, distances=d, uncertainty=d.gather(1, labels[:, None])[:, 0])
+
+    @property
+    def affinely_independent(self) -> bool:
+        """Whether no code is an affine mixture of the others (the condition for ``posterior`` scores)."""
+        diffs = (self.codes[1:] - self.codes[:1]).double()
+        return bool(torch.linalg.matrix_rank(diffs) == self.num_classes - 1)
+
+    def check_score(self, score: str) -> str:
+        """Raise a ValueError for an unknown score, or ``posterior`` on codes it cannot invert."""
+        if score not in SCORES:
+            raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
+        if score == "posterior" and not self.affinely_independent:
+            raise ValueError(
+                f"score 'posterior' needs affinely independent codes, but the {self.num_classes} codes of this "
+                f"{self.kind} codebook in {self.channels} channels are not (a mixture of some classes equals "
+                "another class's code); use score 'softmax' or the onehot codebook"
+            )
+        return score
+
+    def posterior(self, distances: torch.Tensor) -> torch.Tensor:
+        """Class posterior ``(B, K)`` read from ``(B, K)`` distances of the mean code: its barycentric coordinates.
+
+        The coordinates of the mean code's projection onto the codes' affine hull; they sum to 1 but
+        can leave ``[0, 1]`` when the prediction overshoots the codes.
+        """
+        self.check_score("posterior")
+        d = torch.as_tensor(distances)
+        if d.ndim != 2 or d.shape[1] != self.num_classes:
+            raise ValueError(f"distances must have shape (B, {self.num_classes}), got {tuple(d.shape)}")
+        codes = self.codes.double().to(d.device)
+        diffs = codes[1:] - codes[:1]  # (K-1, C)
+        gram = diffs @ diffs.T
+        # (y - c_0) . (c_k - c_0) = (|c_k - c_0|^2 + d_0^2 - d_k^2) / 2 needs no access to y itself
+        sq = d.double().square()
+        rhs = (gram.diagonal()[None] + sq[:, :1] - sq[:, 1:]) / 2  # (B, K-1)
+        rest = torch.linalg.solve(gram, rhs.T).T
+        return torch.cat([1 - rest.sum(1, keepdim=True), rest], dim=1).to(d.dtype if d.is_floating_point() else torch.float64)
+
+    def class_scores(self, distances: torch.Tensor, score: str = "softmax", temperature: float = 0.1) -> torch.Tensor:
+        """Per-class scores ``(B, K)`` from mean-code distances: ``softmax(-d / temperature)`` or the ``posterior``."""
+        if self.check_score(score) == "posterior":
+            return self.posterior(distances)
+        return self.scores(torch.as_tensor(distances), temperature)
 
     @staticmethod
     def scores(distances: torch.Tensor, temperature: float | None = None) -> torch.Tensor:

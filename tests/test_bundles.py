@@ -115,6 +115,32 @@ def test_evaluate_alone_reproduces_the_evaluation_after_training(trained: Path, 
     assert (out / "predictions.csv").read_text() == (trained / "predictions.csv").read_text()
 
 
+def test_posterior_scores_keep_the_decisions_and_score_each_class_by_its_posterior(
+    trained: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    from medsymmflow.codes import ClassCodebook
+
+    softmax = json.loads((trained / "metrics.json").read_text())
+    out = tmp_path / "posterior"
+    run_bundle(
+        ["bundles/pneumoniamnist/evaluate.json"],
+        *tiny(data_dir, out, "--ckpt_path", str(trained / "checkpoints/best.pt"), "--evaluation#score", "posterior"),
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["score"] == "posterior"
+    rows, before = read_csv(out / "predictions.csv"), read_csv(trained / "predictions.csv")
+    assert [r["pred"] for r in rows] == [r["pred"] for r in before]
+    assert [r["dist_0"] for r in rows] == [r["dist_0"] for r in before]
+    assert metrics["runs"][0]["medmnist"]["acc"] == softmax["runs"][0]["medmnist"]["acc"]
+    dist = torch.tensor([[float(r["dist_0"]), float(r["dist_1"])] for r in rows], dtype=torch.float64)
+    score = np.array([[float(r["score_0"]), float(r["score_1"])] for r in rows])
+    np.testing.assert_allclose(score, ClassCodebook.rgb(2).posterior(dist).numpy(), atol=1e-4)
+    labels = np.array([int(r["label"]) for r in rows])
+    from sklearn.metrics import roc_auc_score
+
+    assert metrics["runs"][0]["medmnist"]["auc"] == pytest.approx(roc_auc_score(labels, score[:, 1]), abs=1e-3)
+
+
 def test_inference_on_png_and_nifti_files(trained: Path, data_dir: Path, tmp_path: Path) -> None:
     import nibabel as nib
     from PIL import Image
@@ -196,6 +222,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(data_dir: Path, tmp_
         (["--flag", "chestmnist"], "multi-label"),
         (["--flag", "dermamnist"], "dermamnist.npz not found"),
         (["--evaluation#autocast", "fast"], "unknown autocast setting 'fast'"),
+        (["--evaluation#score", "logits"], "unknown score 'logits'"),
     ],
 )
 def test_bad_overrides_end_with_one_clear_message(data_dir: Path, tmp_path: Path, overrides: list[str], message: str) -> None:

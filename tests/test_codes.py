@@ -117,6 +117,49 @@ def test_scores_and_temperature() -> None:
         ClassCodebook.scores(d, temperature=0.0)
 
 
+@pytest.mark.parametrize(
+    "codebook",
+    [ClassCodebook.onehot(5), ClassCodebook.onehot(2), ClassCodebook.gray(2), ClassCodebook.rgb(2),
+     ClassCodebook(torch.tensor([[0.0, 0.0], [1.0, 0.2], [0.3, 0.9]]))],
+    ids=["onehot5", "onehot2", "gray2", "rgb2", "custom"],
+)
+def test_posterior_recovers_the_mixture_behind_a_mean_code(codebook: ClassCodebook) -> None:
+    torch.manual_seed(0)
+    p = torch.distributions.Dirichlet(torch.ones(codebook.num_classes)).sample((64,))
+    mean_code = (p @ codebook.codes)[:, :, None, None].expand(-1, -1, 3, 3)
+    d = codebook.distances(mean_code)
+    torch.testing.assert_close(codebook.posterior(d), p, atol=1e-5, rtol=0)
+    torch.testing.assert_close(codebook.class_scores(d, "posterior"), p, atol=1e-5, rtol=0)
+    torch.testing.assert_close(codebook.class_scores(d, "softmax", 0.3), ClassCodebook.scores(d, 0.3))
+    # a code mean off the codes' affine hull projects onto it: coordinates still sum to 1
+    off = codebook.distances(mean_code + 0.3)
+    torch.testing.assert_close(codebook.posterior(off).sum(1), torch.ones(64, dtype=torch.float32))
+
+
+def test_posterior_ranks_a_class_where_softmax_of_distances_does_not() -> None:
+    # AUC ranks images by their score for one class: image A is more likely class 0 than image B,
+    # but B's code mean sits nearest class 0, so softmax(-d / tau) puts B first
+    cb = ClassCodebook.onehot(3)
+    p = torch.tensor([[0.45, 0.55, 0.0], [0.40, 0.30, 0.30]])
+    d = cb.distances((p @ cb.codes)[:, :, None])
+    soft, post = cb.class_scores(d, "softmax", 0.1)[:, 0], cb.class_scores(d, "posterior")[:, 0]
+    assert soft[0] < soft[1] and post[0] > post[1]
+
+
+def test_posterior_refuses_codes_it_cannot_invert_and_unknown_scores() -> None:
+    d = torch.rand(2, 5)
+    for codebook in (ClassCodebook.rgb(5), ClassCodebook.rgb(4), ClassCodebook.gray(3)):
+        assert not codebook.affinely_independent
+        with pytest.raises(ValueError, match="affinely independent codes"):
+            codebook.posterior(d[:, : codebook.num_classes])
+    cb = ClassCodebook.onehot(5)
+    assert cb.check_score("posterior") == "posterior"
+    with pytest.raises(ValueError, match="unknown score 'logits'; choose one of softmax, posterior"):
+        cb.class_scores(d, "logits")
+    with pytest.raises(ValueError, match=r"shape \(B, 5\)"):
+        cb.posterior(torch.rand(2, 4))
+
+
 def test_label_map_with_ignore_index() -> None:
     cb = ClassCodebook.palette(19)
     lm = torch.tensor([[0, 18], [255, 3]])

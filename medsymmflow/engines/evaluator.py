@@ -20,8 +20,10 @@ __all__ = ["SymmFlowEvaluator"]
 class SymmFlowEvaluator(Evaluator):
     """Runs :class:`SymmFlowClassifier` on each batch and puts decoded predictions in ``state.output``.
 
-    ``state.output`` keys (batch-first tensors): ``image``, ``label`` (B,), ``pred`` (B,) and ``score``
-    (B, K) of the first run (score = softmax(-d / temperature)), ``label_onehot`` (B, K),
+    ``state.output`` keys (batch-first tensors): ``image``, ``label`` (B,), ``pred`` (B,), ``score``
+    (B, K) of the first run and ``scores`` (runs, B, K) of every run (``score="softmax"``:
+    softmax(-d / temperature); ``"posterior"``: the class posterior read from the mean code, see
+    :meth:`ClassCodebook.class_scores`), ``label_onehot`` (B, K),
     ``distances`` (runs, B, K), ``uncertainty`` (runs, B), ``draw_distances`` (runs, R, B, K),
     ``pred_mode`` (runs, B), ``uncertainty_mode`` (runs, B), ``index`` when the batch has one and
     ``filename`` when it has a ``file`` key (the inference bundle copies each image's path there).
@@ -43,6 +45,7 @@ class SymmFlowEvaluator(Evaluator):
         inferer: SymmFlowClassifier,
         num_runs: int = 1,
         temperature: float = 0.1,
+        score: str = "softmax",
         seed: int = 0,
         prepare_batch: Callable = default_prepare_batch,
         val_handlers: Sequence | None = None,
@@ -61,6 +64,7 @@ class SymmFlowEvaluator(Evaluator):
             raise ValueError(f"num_runs must be >= 1, got {num_runs}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        inferer.codebook.check_score(score)
         if codec is not None:
             if not isinstance(codec, LatentCodec):
                 raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
@@ -75,6 +79,7 @@ class SymmFlowEvaluator(Evaluator):
         self.codec = codec
         self.num_runs = int(num_runs)
         self.temperature = float(temperature)
+        self.score = score
         self.seed = int(seed)
         self.generator = torch.Generator(device=torch.device(device))
         self.add_event_handler(Events.STARTED, lambda engine: engine.generator.manual_seed(engine.seed))
@@ -99,11 +104,14 @@ class SymmFlowEvaluator(Evaluator):
                 ]
             mode = [engine.inferer.codebook.decode(r.code, "mode") for r in runs]
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        k = engine.inferer.codebook.num_classes
+        codebook = engine.inferer.codebook
+        k = codebook.num_classes
+        scores = torch.stack([codebook.class_scores(r.distances, engine.score, engine.temperature) for r in runs])
         out: dict[str, Any] = {
             Keys.IMAGE: image,
             Keys.PRED: runs[0].labels,
-            "score": torch.softmax(-runs[0].distances / engine.temperature, dim=1),
+            "score": scores[0],
+            "scores": scores,
             "distances": torch.stack([r.distances for r in runs]),
             "uncertainty": torch.stack([r.uncertainty for r in runs]),
             "draw_distances": torch.stack([r.draw_distances for r in runs]),

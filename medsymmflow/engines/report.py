@@ -30,7 +30,8 @@ class ClassificationReport:
     Metrics per inference run: ACC / AUC with torchmetrics and, when ``flag`` and ``dataset_dir`` are
     given, with medmnist's own Evaluator; the summary is mean and 2 sigma over runs. ``predictions.csv``
     holds the first run per sample: index, label, predicted class (mean decision), uncertainty,
-    the distance to every code, the score (softmax(-d / temperature)) per class, the mode decision
+    the distance to every code, the score per class (the evaluator's ``scores``: softmax(-d / temperature)
+    or the posterior read from the mean code; softmax(-d / temperature) when it gives none), the mode decision
     and its uncertainty, and the spread of the prediction over noise draws.
     """
 
@@ -70,7 +71,7 @@ class ClassificationReport:
 
     def _collect(self, engine: Engine) -> None:
         out = engine.state.output
-        for key in ("label", "distances", "uncertainty", "draw_distances", "pred_mode", "uncertainty_mode", "index"):
+        for key in ("label", "distances", "scores", "uncertainty", "draw_distances", "pred_mode", "uncertainty_mode", "index"):
             if key in out:
                 self._rows.setdefault(key, []).append(torch.as_tensor(out[key]).detach().cpu())
 
@@ -83,6 +84,7 @@ class ClassificationReport:
         distances = self._cat("distances", 1)  # (runs, N, K)
         if labels is None or distances is None:
             raise ValueError("ClassificationReport needs labelled data: the evaluator produced no 'label'")
+        scores = self._cat("scores", 1)  # (runs, N, K) when the evaluator scores the classes itself
         uncertainty = self._cat("uncertainty", 1)
         draws = self._cat("draw_distances", 2)  # (runs, R, N, K)
         pred_mode, unc_mode = self._cat("pred_mode", 1), self._cat("uncertainty_mode", 1)
@@ -92,7 +94,7 @@ class ClassificationReport:
 
         runs = []
         for r in range(distances.shape[0]):
-            probs = probabilities(distances[r], self.temperature)
+            probs = scores[r].double() if scores is not None else probabilities(distances[r], self.temperature)
             run = {"torchmetrics": torchmetrics_metrics(probs, labels)}
             if self.flag is not None and self.dataset_dir is not None:
                 run["medmnist"] = medmnist_metrics(self.flag, self.split, probs.numpy(), self.dataset_dir, self.size)
@@ -119,7 +121,7 @@ class ClassificationReport:
         atomic_write(self.output_dir / self.metrics_file, json.dumps(self.results, indent=2) + "\n")
 
         d0 = distances[0]
-        probs0 = probabilities(d0, self.temperature)
+        probs0 = scores[0].double() if scores is not None else probabilities(d0, self.temperature)
         spread = _draw_spread(draws[0]) if draws is not None else torch.zeros(n)
         buf = io.StringIO()
         writer = csv.writer(buf)
@@ -179,7 +181,7 @@ class InferenceReport:
     def _collect(self, engine: Engine) -> None:
         out = engine.state.output
         d = torch.as_tensor(out["distances"][0]).detach().cpu()
-        probs = probabilities(d, self.temperature)
+        probs = torch.as_tensor(out["scores"][0]).detach().cpu() if "scores" in out else probabilities(d, self.temperature)
         unc = torch.as_tensor(out["uncertainty"][0]).detach().cpu()
         spread = _draw_spread(torch.as_tensor(out["draw_distances"][0]).detach().cpu())
         names = out.get("filename") or [str(len(self._rows) + i) for i in range(d.shape[0])]

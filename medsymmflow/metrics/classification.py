@@ -24,12 +24,13 @@ def probabilities(distances: torch.Tensor | np.ndarray, temperature: float) -> t
 
 
 def torchmetrics_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Accuracy (micro) and macro one-vs-rest AUROC with torchmetrics; binary AUROC uses the positive column."""
-    from torchmetrics.functional.classification import (
-        binary_auroc,
-        multiclass_accuracy,
-        multiclass_auroc,
-    )
+    """Accuracy (micro) and macro one-vs-rest AUROC with torchmetrics; binary AUROC uses the positive column.
+
+    ``probs`` may be any per-class scores (e.g. posterior estimates slightly outside [0, 1]): each
+    class's AUROC ranks its own column, as medmnist's Evaluator does, instead of torchmetrics'
+    multiclass AUROC, which would first softmax scores that are not probabilities.
+    """
+    from torchmetrics.functional.classification import binary_auroc, multiclass_accuracy
 
     probs, labels = torch.as_tensor(probs).double(), torch.as_tensor(labels).long().reshape(-1)
     if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
@@ -41,7 +42,7 @@ def torchmetrics_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str,
     elif k == 2:
         auc = binary_auroc(probs[:, 1], labels)
     else:
-        auc = multiclass_auroc(probs, labels, num_classes=k, average="macro")
+        auc = torch.stack([binary_auroc(probs[:, c], (labels == c).long()) for c in range(k)]).mean()
     return {"acc": float(acc), "auc": float(auc)}
 
 
