@@ -82,6 +82,7 @@ def test_metrics_agree_with_predictions(trained: Path) -> None:
     metrics = json.loads((trained / "metrics.json").read_text())
     rows = read_csv(trained / "predictions.csv")
     assert metrics["num_samples"] == len(rows) == 40 and metrics["num_runs"] == 5
+    assert metrics["score"] == "softmax"
     labels = np.array([int(r["label"]) for r in rows])
     pred = np.array([int(r["pred"]) for r in rows])
     dist = np.array([[float(r["dist_0"]), float(r["dist_1"])] for r in rows])
@@ -159,7 +160,7 @@ def test_inference_on_png_and_nifti_files(trained: Path, data_dir: Path, tmp_pat
     )
     rows = read_csv(trained / "inference/predictions.csv")
     payload = json.loads((trained / "inference/predictions.json").read_text())
-    assert len(rows) == len(payload["predictions"]) == 5
+    assert len(rows) == len(payload["predictions"]) == 5 and payload["score"] == "softmax"
     assert {Path(r["file"]).name for r in rows} == {"case0.png", "case1.png", "case2.png", "rgb.jpg", "case4.nii.gz"}
     for r, p in zip(rows, payload["predictions"]):
         assert r["class_name"] == ["normal", "pneumonia"][int(r["class"])]

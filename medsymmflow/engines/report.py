@@ -109,6 +109,7 @@ class ClassificationReport:
             "num_classes": int(k),
             "num_runs": int(distances.shape[0]),
             "temperature": self.temperature,
+            "score": getattr(engine, "score", "softmax"),  # how the evaluator scored each class
             "class_names": self.class_names or [str(c) for c in range(k)],
             **self.extra,
             "summary": summary,
@@ -214,6 +215,11 @@ class InferenceReport:
                 + [f"{v:.6g}" for v in r["scores"]]
             )
         atomic_write(self.output_dir / "predictions.csv", buf.getvalue())
-        payload = {"temperature": self.temperature, "class_names": self.class_names, "predictions": self._rows}
+        payload = {
+            "score": getattr(engine, "score", "softmax"),
+            "temperature": self.temperature,
+            "class_names": self.class_names,
+            "predictions": self._rows,
+        }
         atomic_write(self.output_dir / "predictions.json", json.dumps(payload, indent=2) + "\n")
         logger.info("classified %d images -> %s", len(self._rows), self.output_dir)
