@@ -30,6 +30,7 @@ ranking that AUC measures; ``posterior`` does not.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -274,7 +275,7 @@ class ClassCodebook:
         d = d_pix.flatten(2).mean(-1)  # mean per-pixel distance to each code
         return CodebookDecoding(labels=labels, distances=d, uncertainty=d.gather(1, labels[:, None])[:, 0])
 
-    @property
+    @functools.cached_property
     def affinely_independent(self) -> bool:
         """Whether no code is an affine mixture of the others (the condition for ``posterior`` scores)."""
         diffs = (self.codes[1:] - self.codes[:1]).double()
