@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Callable
 
 import pytest
 import torch
@@ -34,6 +35,14 @@ def _inputs(batch: int, cx: int, cy: int, size: tuple[int, ...], seed: int = 1):
     return torch.randn(batch, cx, *size, generator=gen), torch.randn(batch, cy, *size, generator=gen)
 
 
+def _padded_reference(h: torch.Tensor, multiple: int, run: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """Pad ``h`` by hand (replicate, centred, odd pixel after) to a multiple of ``multiple``, ``run`` it, crop back."""
+    (height, width), (ph, pw) = h.shape[2:], ((-h.shape[2]) % multiple, (-h.shape[3]) % multiple)
+    top, left = ph // 2, pw // 2
+    out = run(F.pad(h, (left, pw - left, top, ph - top), mode="replicate"))
+    return out[:, :, top : top + height, left : left + width]
+
+
 # ---------------------------------------------------------------- SymmFlowUNet: shapes and padding
 
 
@@ -63,10 +72,7 @@ def test_padding_is_centred_replicate_and_cropped_exactly(size: tuple[int, int])
     assert v_x.shape == x.shape and v_y.shape == y.shape
 
     # reference: pad by hand to the next multiple of 8, centred (odd pixel after), crop the centre
-    ph, pw = (-size[0]) % 8, (-size[1]) % 8
-    top, left = ph // 2, pw // 2
-    padded = F.pad(torch.cat([x, y], 1), (left, pw - left, top, ph - top), mode="replicate")
-    ref = model.unet(padded, timesteps=t)[:, :, top : top + size[0], left : left + size[1]]
+    ref = _padded_reference(torch.cat([x, y], 1), 8, lambda h: model.unet(h, timesteps=t))
     torch.testing.assert_close(torch.cat([v_x, v_y], 1), ref)
 
 
@@ -97,11 +103,9 @@ def test_patch_stem_folds_patches_into_channels_around_the_unet(size: tuple[int,
     assert v_x.shape == x.shape and v_y.shape == y.shape
 
     # reference: pad to a multiple of 4 as usual, then torch's pixel (un)shuffle around the UNet
-    ph, pw = (-size[0]) % 4, (-size[1]) % 4
-    top, left = ph // 2, pw // 2
-    padded = F.pad(torch.cat([x, y], 1), (left, pw - left, top, ph - top), mode="replicate")
-    out = F.pixel_shuffle(model.unet(F.pixel_unshuffle(padded, 2), timesteps=t), 2)
-    ref = out[:, :, top : top + size[0], left : left + size[1]]
+    ref = _padded_reference(
+        torch.cat([x, y], 1), 4, lambda h: F.pixel_shuffle(model.unet(F.pixel_unshuffle(h, 2), timesteps=t), 2)
+    )
     torch.testing.assert_close(torch.cat([v_x, v_y], 1), ref)
 
 

@@ -92,9 +92,12 @@ class ClassificationReport:
         n, k = labels.shape[0], distances.shape[2]
         index = torch.arange(n) if index is None else index
 
+        run_probs = [
+            scores[r].double() if scores is not None else probabilities(distances[r], self.temperature)
+            for r in range(distances.shape[0])
+        ]
         runs = []
-        for r in range(distances.shape[0]):
-            probs = scores[r].double() if scores is not None else probabilities(distances[r], self.temperature)
+        for probs in run_probs:
             run = {"torchmetrics": torchmetrics_metrics(probs, labels)}
             if self.flag is not None and self.dataset_dir is not None:
                 run["medmnist"] = medmnist_metrics(self.flag, self.split, probs.numpy(), self.dataset_dir, self.size)
@@ -122,7 +125,7 @@ class ClassificationReport:
         atomic_write(self.output_dir / self.metrics_file, json.dumps(self.results, indent=2) + "\n")
 
         d0 = distances[0]
-        probs0 = scores[0].double() if scores is not None else probabilities(d0, self.temperature)
+        probs0 = run_probs[0]
         spread = _draw_spread(draws[0]) if draws is not None else torch.zeros(n)
         buf = io.StringIO()
         writer = csv.writer(buf)
