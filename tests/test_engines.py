@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -25,47 +25,64 @@ from medsymmflow.engines import (
 from medsymmflow.networks import create_ema
 
 
-def sleeper(seconds: float) -> Engine:
-    return Engine(lambda engine, batch: time.sleep(seconds))
+class FakeClock:
+    """A clock that advances only when an iteration says so: budget tests never depend on machine speed."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ticking(clock: FakeClock, seconds: float | Callable[[Engine], float]) -> Engine:
+    """An engine whose every iteration takes ``seconds`` of fake time (a number or a function of the engine)."""
+
+    def step(engine: Engine, batch: object) -> None:
+        clock.now += seconds(engine) if callable(seconds) else seconds
+
+    return Engine(step)
 
 
 def test_budget_plans_epochs_and_shortens_the_lr_schedule() -> None:
-    engine = sleeper(0.02)
+    clock = FakeClock()
+    engine = ticking(clock, 0.02)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = WarmupCosineSchedule(opt, warmup_steps=0, t_total=1000 * 5)
-    TrainingBudget(max_minutes=0.6 / 60, plan_epochs=True, lr_scheduler=sched).attach(engine)
-    engine.run(range(5), max_epochs=1000)  # 5 x 20 ms per epoch -> about 6 epochs fit in 0.6 s
-    assert 2 <= engine.state.max_epochs <= 8
-    assert engine.state.epoch == engine.state.max_epochs
+    TrainingBudget(max_minutes=0.6 / 60, plan_epochs=True, lr_scheduler=sched, clock=clock).attach(engine)
+    engine.run(range(5), max_epochs=1000)
+    # 5 x 20 ms per epoch, 3 % of 0.6 s kept in reserve: floor(0.582 / 0.1) = 5 epochs fit
+    assert engine.state.max_epochs == engine.state.epoch == 5
     assert sched.t_total == engine.state.max_epochs * 5
+    assert clock.now <= 0.6
 
 
 def test_budget_revises_the_plan_when_the_first_epoch_was_slow() -> None:
     # the first epoch pays a one-off 0.3 s (like kernel warm-up); later epochs take 5 x 10 ms
-    engine = Engine(lambda e, b: time.sleep(0.3 if e.state.iteration == 1 else 0.01))
+    clock = FakeClock()
+    engine = ticking(clock, lambda e: 0.3 if e.state.iteration == 1 else 0.01)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     sched = WarmupCosineSchedule(opt, warmup_steps=0, t_total=1000 * 5)
     plans: list[int] = []
-    TrainingBudget(max_minutes=1.2 / 60, plan_epochs=True, lr_scheduler=sched, reserve_fraction=0.1).attach(engine)
+    TrainingBudget(max_minutes=1.2 / 60, plan_epochs=True, lr_scheduler=sched, reserve_fraction=0.1, clock=clock).attach(engine)
     engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: plans.append(e.state.max_epochs))
-    start = time.monotonic()
     engine.run(range(5), max_epochs=1000)
-    took = time.monotonic() - start
-    # the first plan (from 0.34 s) fits ~3 epochs; the revision fits ~14 more in the 1.08 s left
-    assert plans[0] <= 4 and engine.state.epoch == engine.state.max_epochs >= 10
-    assert 0.8 < took < 1.3  # the budget (1.2 s) is used up to the reserve and not overrun by more than a step
+    # the first plan (from 0.34 s) fits 3 epochs; after epoch 2 (50 ms epochs) 13 more fit in the 0.69 s left
+    assert plans[0] == 3 and engine.state.epoch == engine.state.max_epochs == 15
+    assert 1.0 < clock.now <= 1.08  # the budget is used up to the reserve and not overrun
     assert sched.t_total == engine.state.max_epochs * 5
     with pytest.raises(ValueError, match="reserve_fraction"):
         TrainingBudget(max_minutes=1, reserve_fraction=1.0)
 
 
 def test_budget_stops_at_time_and_at_epoch() -> None:
-    engine = sleeper(0.01)
-    TrainingBudget(max_minutes=0.3 / 60).attach(engine)
-    start = time.monotonic()
+    clock = FakeClock()
+    engine = ticking(clock, 0.01)
+    TrainingBudget(max_minutes=0.3 / 60, clock=clock).attach(engine)
     engine.run(range(10), max_epochs=1000)
-    assert time.monotonic() - start < 1.5 and engine.state.epoch < 1000
-    engine = sleeper(0.0)
+    # the check runs after every iteration: training stops at the first iteration that reaches 0.3 s
+    assert engine.state.iteration == 30 and engine.state.epoch == 3
+    engine = ticking(clock, 0.0)
     TrainingBudget(stop_epoch=3).attach(engine)
     engine.run(range(4), max_epochs=10)
     assert engine.state.epoch == 3

@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from ignite.engine import Engine, Events
@@ -154,6 +154,8 @@ class TrainingBudget:
     pays one-off costs such as kernel warm-up and overestimated the steady epoch by ~25 % on a CPU, which
     left a fifth of the budget unused; a machine that slows down gets fewer epochs instead of a cut).
     ``reserve_fraction`` of the budget is kept free for what follows training (the test evaluation).
+    ``clock`` returns seconds (``time.monotonic`` by default; tests pass a fake clock so that no test
+    depends on how fast the machine is).
     """
 
     def __init__(
@@ -163,6 +165,7 @@ class TrainingBudget:
         plan_epochs: bool = False,
         lr_scheduler: Any = None,
         reserve_fraction: float = 0.03,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if stop_epoch is not None and int(stop_epoch) < 1:
             raise ValueError(f"stop_epoch must be >= 1, got {stop_epoch}")
@@ -177,6 +180,7 @@ class TrainingBudget:
         self.max_seconds = None if max_minutes is None else 60.0 * float(max_minutes)
         self.plan_epochs = bool(plan_epochs)
         self.lr_scheduler = lr_scheduler
+        self.clock = clock
         self._start = 0.0
         self._start_epoch = 0
         self._requested_epochs = 0
@@ -190,13 +194,13 @@ class TrainingBudget:
             engine.add_event_handler(Events.ITERATION_COMPLETED, self._check_time)
 
     def _started(self, engine: Engine) -> None:
-        self._start = time.monotonic()
+        self._start = self.clock()
         self._start_epoch = engine.state.epoch
         self._requested_epochs = int(engine.state.max_epochs)
 
     def _check_epoch(self, engine: Engine) -> None:
         if self.plan_epochs:
-            now = time.monotonic()
+            now = self.clock()
             done = engine.state.epoch - self._start_epoch
             if done == 1:
                 self._first_epoch_end = now
@@ -211,7 +215,7 @@ class TrainingBudget:
 
     def _plan(self, engine: Engine, epoch_seconds: float, why: str, tolerance: int) -> None:
         """Set ``max_epochs`` (and the LR schedule's length) to the epochs that fit the rest of the budget."""
-        elapsed = time.monotonic() - self._start
+        elapsed = self.clock() - self._start
         remaining = self.max_seconds * (1.0 - self.reserve_fraction) - elapsed
         fit = engine.state.epoch + max(0, int(remaining // max(epoch_seconds, 1e-6)))
         planned = max(engine.state.epoch, min(self._requested_epochs, fit))
@@ -226,7 +230,7 @@ class TrainingBudget:
         )
 
     def _check_time(self, engine: Engine) -> None:
-        if time.monotonic() - self._start >= self.max_seconds:
+        if self.clock() - self._start >= self.max_seconds:
             logger.info("time budget of %.1f min used up at epoch %d; stopping", self.max_seconds / 60, engine.state.epoch)
             engine.terminate()
 
