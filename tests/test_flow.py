@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from medsymmflow.codes import ClassCodebook
-from medsymmflow.flow import SymmetricPath, SymmFlowLoss, SymmFlowSolver, TimeSampler, time_grid
+from medsymmflow.flow import ADAPTIVE_METHODS, METHODS, SymmetricPath, SymmFlowLoss, SymmFlowSolver, TimeSampler, time_grid
 
 
 @pytest.mark.parametrize("sigma", [0.0, 1e-4, 0.1])
@@ -132,6 +132,19 @@ def test_adaptive_dopri5_on_exponential() -> None:
     assert out.x[0].item() == pytest.approx(math.exp(-1), rel=1e-5)
     assert out.y[0].item() == pytest.approx(math.exp(2), rel=1e-5)
     assert out.nfe > 2 and out.trajectory_x.shape == (2, 2, 1)
+
+
+def test_rk4_is_fixed_step_whatever_the_tolerances() -> None:
+    # dx/dt = x: one 4th-order Runge-Kutta step multiplies by the degree-4 Taylor polynomial of exp(h)
+    solver = SymmFlowSolver(lambda x, y, t: (x, -y))
+    x0, y0 = torch.ones(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)
+    h = 0.5
+    step = 1 + h + h**2 / 2 + h**3 / 6 + h**4 / 24
+    for tol in (1e-2, 1e-9):  # an adaptive method would change its steps with the tolerance
+        out = solver.sample(x0, y0, 0.0, 1.0, steps=2, method="rk4", atol=tol, rtol=tol)
+        assert out.x.item() == pytest.approx(step**2, rel=1e-12)
+        assert out.nfe == 8  # four evaluations per step, two steps
+    assert "rk4" in METHODS and "rk4" not in ADAPTIVE_METHODS
 
 
 def test_trajectory_and_errors() -> None:

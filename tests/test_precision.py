@@ -104,6 +104,29 @@ def test_trainer_autocast_setting_reaches_the_forward_pass() -> None:
         trainer("fast")
 
 
+def test_float16_training_scales_the_loss_so_small_gradients_survive() -> None:
+    # a loss 1e-5 times the flow loss: its float16 output gradients (~1e-9 per pixel) underflow to zero unless scaled
+    images = torch.rand(4, 1, 28, 28) * 2 - 1
+    batch = {"image": images, "label": torch.tensor([0, 1, 0, 1])}
+
+    def changed(setting: str | None) -> tuple[bool, bool]:
+        torch.manual_seed(0)
+        net = build_network("tiny", 1, 2)
+        before = [p.detach().clone() for p in net.parameters()]
+        flow = SymmFlowLoss()
+        engine = SymmFlowTrainer(
+            device="cpu", max_epochs=1, train_data_loader=[batch], network=net,
+            optimizer=torch.optim.SGD(net.parameters(), lr=1e6), codebook=ClassCodebook.onehot(2),
+            loss_function=lambda *a: 1e-5 * flow(*a), autocast_dtype=setting,
+        )
+        engine._iteration(engine, batch)
+        return engine.grad_scaler.is_enabled(), any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+
+    assert changed("float16") == (True, True)
+    assert changed("bfloat16") == (False, True)  # bf16 keeps float32's exponent range: no scaler needed
+    assert changed(None) == (False, True)
+
+
 def test_resnet_baseline_predicts_in_bf16_close_to_float32() -> None:
     from medsymmflow.baselines import build_resnet18, predict_probabilities
 

@@ -72,6 +72,9 @@ class SymmFlowTrainer(SupervisedTrainer):
         self.batch_augment = batch_augment
         # "auto" turns bf16 on only where the hardware runs it natively (see medsymmflow.precision)
         self.autocast_dtype = resolve_autocast(autocast_dtype, device)
+        # float16 gradients underflow without loss scaling (bfloat16 has float32's range and needs none);
+        # a disabled scaler passes the loss and the optimizer step through unchanged
+        self.grad_scaler = torch.amp.GradScaler(torch.device(device).type, enabled=self.autocast_dtype == torch.float16)
         if codec is not None and not isinstance(codec, LatentCodec):
             raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
         if codec is not None:
@@ -113,9 +116,10 @@ class SymmFlowTrainer(SupervisedTrainer):
             )
         engine.state.output[Keys.LOSS] = loss
         engine.fire_event(IterationEvents.LOSS_COMPLETED)
-        loss.backward()
+        engine.grad_scaler.scale(loss).backward()
         engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
-        engine.optimizer.step()
+        engine.grad_scaler.step(engine.optimizer)
+        engine.grad_scaler.update()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         engine.state.output[Keys.LOSS] = loss.detach()
         return engine.state.output

@@ -2,8 +2,8 @@
 
 Generation integrates t: 0 -> 1 from ``(noise_x, code_mask)``; classification / segmentation
 integrates t: 1 -> 0 from ``(image, noise_y)``. Fixed-step methods (``euler``, ``midpoint``,
-``heun``) are implemented here; adaptive methods (``dopri5``, ``bosh3``, ``adaptive_heun``, ...)
-are delegated to torchdiffeq.
+``heun``) are implemented here; ``rk4`` (fixed-step, one step per grid interval) and the adaptive
+methods (``dopri5``, ``bosh3``, ``adaptive_heun``, ...) are delegated to torchdiffeq.
 """
 
 from __future__ import annotations
@@ -13,12 +13,16 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["FIXED_STEP_METHODS", "SolverResult", "SymmFlowSolver", "VelocityFn", "time_grid"]
+__all__ = ["ADAPTIVE_METHODS", "FIXED_STEP_METHODS", "METHODS", "SolverResult", "SymmFlowSolver", "VelocityFn", "time_grid"]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
+# method -> velocity evaluations per step, for the methods implemented here
 FIXED_STEP_METHODS = {"euler": 1, "midpoint": 2, "heun": 2}
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2", "rk4")
+# torchdiffeq's fixed-grid methods: one step per interval of the time grid, tolerances unused
+TORCHDIFFEQ_FIXED_STEP_METHODS = ("rk4",)
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
+METHODS = tuple(FIXED_STEP_METHODS) + TORCHDIFFEQ_FIXED_STEP_METHODS + ADAPTIVE_METHODS
 
 
 @dataclass
@@ -85,10 +89,9 @@ class SymmFlowSolver:
             raise ValueError("times must be a 1-D sequence of at least two values")
         if method in FIXED_STEP_METHODS:
             return self._fixed(x_init, y_init, grid, method, return_intermediates)
-        if method in ADAPTIVE_METHODS:
+        if method in METHODS:
             return self._torchdiffeq(x_init, y_init, grid, method, return_intermediates, atol, rtol)
-        known = ", ".join(list(FIXED_STEP_METHODS) + list(ADAPTIVE_METHODS))
-        raise ValueError(f"unknown ODE method {method!r}; choose one of {known}")
+        raise ValueError(f"unknown ODE method {method!r}; choose one of {', '.join(METHODS)}")
 
     def _fixed(
         self, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, method: str, keep: bool
@@ -128,7 +131,7 @@ class SymmFlowSolver:
             nfe += 1
             return self._eval(state[0], state[1], float(t))
 
-        options = {"step_size": float(abs(grid[1] - grid[0]))} if method == "rk4" else None
+        options = {"step_size": float(abs(grid[1] - grid[0]))} if method in TORCHDIFFEQ_FIXED_STEP_METHODS else None
         traj_x, traj_y = odeint(
             rhs, (x, y), grid.to(device=x.device, dtype=x.dtype), method=method, atol=atol, rtol=rtol, options=options
         )

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from monai.networks.nets import DiffusionModelUNet
+from monai.networks.utils import pixelshuffle, pixelunshuffle
 from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
 
 __all__ = ["SymmFlowUNet"]
@@ -39,25 +40,6 @@ def _as_tuple(value: int | Sequence[int], length: int, name: str) -> tuple[int, 
     if len(values) != length:
         raise ValueError(f"{name} needs one entry per level ({length}), got {len(values)}: {values}")
     return values
-
-
-def _fold_patches(h: torch.Tensor, p: int) -> torch.Tensor:
-    """Space-to-depth: (B, C, S1, ..., Sd) -> (B, C * p**d, S1 / p, ..., Sd / p)."""
-    batch, channels, *size = h.shape
-    d = len(size)
-    # split every axis into (S / p, p), then move the d patch axes next to the channels
-    h = h.reshape(batch, channels, *[v for s in size for v in (s // p, p)])
-    order = [0, 1] + [3 + 2 * i for i in range(d)] + [2 + 2 * i for i in range(d)]
-    return h.permute(order).reshape(batch, channels * p**d, *[s // p for s in size])
-
-
-def _unfold_patches(h: torch.Tensor, p: int, channels: int) -> torch.Tensor:
-    """Depth-to-space, the inverse of :func:`_fold_patches`."""
-    batch, _, *size = h.shape
-    d = len(size)
-    h = h.reshape(batch, channels, *([p] * d), *size)
-    order = [0, 1] + [v for i in range(d) for v in (2 + d + i, 2 + i)]
-    return h.permute(order).reshape(batch, channels, *[s * p for s in size])
 
 
 class SymmFlowUNet(nn.Module):
@@ -237,5 +219,7 @@ class SymmFlowUNet(nn.Module):
         """The UNet on ``h`` (sizes already a multiple of ``size_multiple``), folding patches around it."""
         if self.patch_size == 1:
             return self.unet(h, timesteps=t * self.time_scale)
-        out = self.unet(_fold_patches(h, self.patch_size), timesteps=t * self.time_scale)
-        return _unfold_patches(out, self.patch_size, h.shape[1])
+        # space-to-depth and back: MONAI's (un)shuffle keeps torch.nn.PixelUnshuffle's channel order in 2-D
+        dims = h.ndim - 2
+        out = self.unet(pixelunshuffle(h, dims, self.patch_size), timesteps=t * self.time_scale)
+        return pixelshuffle(out, dims, self.patch_size)
