@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from medsymmflow.codes import ClassCodebook
-from medsymmflow.flow.solver import ADAPTIVE_METHODS, FIXED_STEP_METHODS
+from medsymmflow.flow.solver import METHODS
 from medsymmflow.io import atomic_write
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ __all__ = [
     "write_png",
 ]
 
-SAMPLING_METHODS = tuple(FIXED_STEP_METHODS) + tuple(ADAPTIVE_METHODS)
+SAMPLING_METHODS = METHODS
 
 
 def to_uint8_images(images: torch.Tensor) -> np.ndarray:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -76,8 +75,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         def __reduce__(self):  # noqa: ANN204 - what a malicious checkpoint does
             return (print, ("this must never run",))
 
-    with open(paths["pickle"], "wb") as f:
-        pickle.dump({"run_info": info, "ema": Code()}, f)
+    torch.save({"run_info": info, "ema": Code()}, paths["pickle"])
     return paths
 
 

@@ -2,11 +2,13 @@
 
 from medsymmflow.flow.loss import TIME_SCHEDULES, SymmFlowLoss, TimeSampler
 from medsymmflow.flow.path import ENDPOINT_TARGETS, SymmetricPath, SymmetricPathSample
-from medsymmflow.flow.solver import FIXED_STEP_METHODS, SolverResult, SymmFlowSolver, time_grid
+from medsymmflow.flow.solver import ADAPTIVE_METHODS, FIXED_STEP_METHODS, METHODS, SolverResult, SymmFlowSolver, time_grid
 
 __all__ = [
+    "ADAPTIVE_METHODS",
     "ENDPOINT_TARGETS",
     "FIXED_STEP_METHODS",
+    "METHODS",
     "TIME_SCHEDULES",
     "SolverResult",
     "SymmetricPath",

@@ -2,8 +2,8 @@
 
 Generation integrates t: 0 -> 1 from ``(noise_x, code_mask)``; classification / segmentation
 integrates t: 1 -> 0 from ``(image, noise_y)``. Fixed-step methods (``euler``, ``midpoint``,
-``heun``) are implemented here; adaptive methods (``dopri5``, ``bosh3``, ``adaptive_heun``, ...)
-are delegated to torchdiffeq.
+``heun``) are implemented here; ``rk4`` (fixed-step, one step per grid interval) and the adaptive
+methods (``dopri5``, ``bosh3``, ``adaptive_heun``, ...) are delegated to torchdiffeq.
 """
 
 from __future__ import annotations
@@ -15,18 +15,24 @@ import torch
 
 from medsymmflow.checks import one_of, positive_int
 
-__all__ = ["FIXED_STEP_METHODS", "ODE_METHODS", "SolverResult", "SymmFlowSolver", "VelocityFn", "check_method", "time_grid"]
+__all__ = [
+    "ADAPTIVE_METHODS", "FIXED_STEP_METHODS", "METHODS", "SolverResult", "SymmFlowSolver", "VelocityFn", "check_method",
+    "time_grid",
+]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
+# method -> velocity evaluations per step, for the methods implemented here
 FIXED_STEP_METHODS = {"euler": 1, "midpoint": 2, "heun": 2}
-ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2", "rk4")
-ODE_METHODS = tuple(FIXED_STEP_METHODS) + ADAPTIVE_METHODS
+# torchdiffeq's fixed-grid methods: one step per interval of the time grid, tolerances unused
+TORCHDIFFEQ_FIXED_STEP_METHODS = ("rk4",)
+ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
+METHODS = tuple(FIXED_STEP_METHODS) + TORCHDIFFEQ_FIXED_STEP_METHODS + ADAPTIVE_METHODS
 
 
 def check_method(method: str, name: str = "ODE method") -> str:
     """``method`` when :meth:`SymmFlowSolver.sample` can integrate with it; ValueError naming the choices."""
-    return one_of(method, ODE_METHODS, name)
+    return one_of(method, METHODS, name)
 
 
 @dataclass
@@ -133,7 +139,7 @@ class SymmFlowSolver:
             nfe += 1
             return self._eval(state[0], state[1], float(t))
 
-        options = {"step_size": float(abs(grid[1] - grid[0]))} if method == "rk4" else None
+        options = {"step_size": float(abs(grid[1] - grid[0]))} if method in TORCHDIFFEQ_FIXED_STEP_METHODS else None
         traj_x, traj_y = odeint(
             rhs, (x, y), grid.to(device=x.device, dtype=x.dtype), method=method, atol=atol, rtol=rtol, options=options
         )
