@@ -22,12 +22,16 @@ from typing import Any, Callable
 import torch
 from monai.inferers import Inferer
 
+from medsymmflow.checks import one_of, positive_int
 from medsymmflow.codes import ClassCodebook
-from medsymmflow.flow.solver import SymmFlowSolver
+from medsymmflow.flow.solver import SymmFlowSolver, check_method
 from medsymmflow.networks.latent import LatentCodec
 from medsymmflow.precision import autocast_context, resolve_autocast
 
-__all__ = ["ClassificationResult", "SymmFlowClassifier", "SymmFlowSampler", "SymmFlowSegmenter"]
+__all__ = ["INFERER_DECISIONS", "ClassificationResult", "SymmFlowClassifier", "SymmFlowSampler", "SymmFlowSegmenter"]
+
+# mean / mode decode the draw-averaged code, vote lets the draws vote (classification), pixel decides per pixel
+INFERER_DECISIONS = ("mean", "mode", "vote", "pixel")
 
 
 @dataclass
@@ -66,15 +70,13 @@ class _ReverseInferer(Inferer):
         autocast: str | torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        resolve_autocast(autocast)  # an unknown setting fails here, not at the first batch
-        if int(num_draws) < 1:
-            raise ValueError(f"num_draws must be >= 1, got {num_draws}")
-        if decision not in ("mean", "mode", "pixel", "vote"):
-            raise ValueError(f"unknown decision {decision!r}; choose mean, mode, vote (classification) or pixel")
+        # every setting fails here, at construction, not at the first batch after a whole training
+        resolve_autocast(autocast)
+        self.num_draws = positive_int(num_draws, "num_draws")
+        one_of(decision, INFERER_DECISIONS, "decision")
+        self.steps = positive_int(steps, "steps")
+        self.method = check_method(method)
         self.codebook = codebook
-        self.steps = int(steps)
-        self.method = method
-        self.num_draws = int(num_draws)
         self.decision = decision
         self.code_channels = codebook.channels if code_channels is None else int(code_channels)
         self.autocast = autocast
@@ -182,8 +184,8 @@ class SymmFlowSampler(Inferer):
         super().__init__()
         self.codebook = codebook
         self.image_channels = int(image_channels)
-        self.steps = int(steps)
-        self.method = method
+        self.steps = positive_int(steps, "steps")
+        self.method = check_method(method)
         self.beta = codebook.check_beta(beta)
         if codec is not None and not isinstance(codec, LatentCodec):
             raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")

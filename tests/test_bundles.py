@@ -223,7 +223,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(data_dir: Path, tmp_
         (["--flag", "chestmnist"], "multi-label"),
         (["--flag", "dermamnist"], "dermamnist.npz not found"),
         (["--evaluation#autocast", "fast"], "unknown autocast setting 'fast'"),
-        (["--evaluation#score", "logits"], "unknown score 'logits'"),
+        (["--evaluation#score", "logits"], "unknown evaluation#score 'logits'"),
     ],
 )
 def test_bad_overrides_end_with_one_clear_message(data_dir: Path, tmp_path: Path, overrides: list[str], message: str) -> None:

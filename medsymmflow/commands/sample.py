@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import nn
 
+from medsymmflow.checks import available_device
 from medsymmflow.codes import ClassCodebook
 
 if TYPE_CHECKING:
@@ -105,6 +106,8 @@ def _default_output_dir(ckpt: Path) -> Path:
 
 
 def _check_args(args: argparse.Namespace) -> None:
+    # before the checkpoint is read: torch blames the file for a device this machine lacks
+    available_device(args.device, "--device")
     for name in ("num_per_class", "steps", "batch_size"):
         value = getattr(args, name)
         if value < 1:

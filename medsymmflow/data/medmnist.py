@@ -26,11 +26,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medsymmflow.checks import one_of
+
 __all__ = [
     "MEDMNIST_SIZES",
     "MEDMNIST_SPLITS",
     "MedMNISTArrays",
     "MedMNISTDataset",
+    "canonical_flag",
     "load_medmnist",
     "medmnist_filename",
     "medmnist_info",
@@ -65,12 +68,22 @@ def supported_flags() -> tuple[str, ...]:
     )
 
 
+def canonical_flag(flag: str) -> str:
+    """The lower-case medmnist flag ``flag`` names (``PneumoniaMNIST`` -> ``pneumoniamnist``), checked as supported.
+
+    Everything downstream (file names, checkpoints' run identity, reports, medmnist's Evaluator) uses
+    this form, so a flag typed in another case is normalised here, once.
+    """
+    medmnist_info(flag)
+    return flag.strip().lower()
+
+
 def medmnist_info(flag: str) -> dict[str, Any]:
-    """medmnist's INFO entry for a supported 2-D flag; ValueError naming the valid flags otherwise."""
+    """medmnist's INFO entry for a supported 2-D flag (any case); ValueError naming the valid flags otherwise."""
     if not isinstance(flag, str):
         raise TypeError(f"flag must be a str such as 'pneumoniamnist', got {type(flag).__name__}")
     table = _info_table()
-    key = flag.lower()
+    key = flag.strip().lower()
     valid = ", ".join(supported_flags())
     if key not in table:
         raise ValueError(f"unknown MedMNIST flag {flag!r}; valid 2-D flags are: {valid}")
@@ -96,9 +109,7 @@ def _check_size(size: int) -> int:
 
 def _check_split(split: str) -> str:
     """Validate a split name."""
-    if split not in MEDMNIST_SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {MEDMNIST_SPLITS}")
-    return split
+    return one_of(split, MEDMNIST_SPLITS, "split")
 
 
 def _size_suffix(size: int) -> str:
@@ -108,8 +119,7 @@ def _size_suffix(size: int) -> str:
 
 def medmnist_filename(flag: str, size: int = 28) -> str:
     """The npz file name medmnist uses for a flag and size, e.g. ``bloodmnist_64.npz``."""
-    medmnist_info(flag)
-    return f"{flag.lower()}{_size_suffix(_check_size(size))}.npz"
+    return f"{canonical_flag(flag)}{_size_suffix(_check_size(size))}.npz"
 
 
 def medmnist_url(flag: str, size: int = 28) -> str:
@@ -149,6 +159,22 @@ class MedMNISTArrays:
     def class_counts(self) -> torch.Tensor:
         """Number of samples per class, int64 ``(num_classes,)``."""
         return torch.bincount(self.labels, minlength=self.num_classes)
+
+    def require_every_class(self, purpose: str) -> MedMNISTArrays:
+        """These arrays when every class occurs in them; ValueError naming the file and the missing classes.
+
+        A per-class AUC needs images of the class and of other classes: on a split without some class
+        it is NaN (a NaN validation AUC would be taken as the best, and the test report would fail).
+        """
+        counts = self.class_counts().tolist()
+        missing = [k for k, c in enumerate(counts) if c == 0]
+        if missing:
+            where = f"{self.path} ({self.split} split)" if self.path is not None else f"the {self.split} split"
+            raise ValueError(
+                f"{where} is too small for {purpose}: it has {len(self)} image(s) and no image of class(es) "
+                f"{', '.join(map(str, missing))} of {self.flag}'s {self.num_classes}; the AUC needs every class"
+            )
+        return self
 
     def dataset(self, transform: Callable | None = None) -> MedMNISTDataset:
         """A map-style dataset over these arrays (see MedMNISTDataset)."""
@@ -207,7 +233,7 @@ def read_medmnist_npz(path: str | os.PathLike, flag: str, split: str, size: int 
     files from ``write_synthetic_medmnist`` load like real ones.
     """
     info = medmnist_info(flag)
-    flag = flag.lower()
+    flag = canonical_flag(flag)
     size = _check_size(size)
     split = _check_split(split)
     path = Path(path)
@@ -336,7 +362,7 @@ def load_medmnist(
 
     download = str2bool(download)  # bundle overrides arrive as strings ("false")
     info = medmnist_info(flag)
-    flag = flag.lower()
+    flag = canonical_flag(flag)
     size = _check_size(size)
     split = _check_split(split)
     folder = _default_root() if dataset_dir is None else Path(dataset_dir).expanduser()

@@ -11,6 +11,7 @@ from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 from ignite.engine import Events
 
+from medsymmflow.checks import positive_float, positive_int
 from medsymmflow.inferers import SymmFlowClassifier
 from medsymmflow.networks.latent import LatentCodec
 
@@ -60,10 +61,8 @@ class SymmFlowEvaluator(Evaluator):
             decollate=False,
             **kwargs,
         )
-        if int(num_runs) < 1:
-            raise ValueError(f"num_runs must be >= 1, got {num_runs}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        positive_int(num_runs, "num_runs")
+        positive_float(temperature, "temperature")
         inferer.codebook.check_score(score)
         if codec is not None:
             if not isinstance(codec, LatentCodec):

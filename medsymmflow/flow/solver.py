@@ -13,7 +13,12 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["ADAPTIVE_METHODS", "FIXED_STEP_METHODS", "METHODS", "SolverResult", "SymmFlowSolver", "VelocityFn", "time_grid"]
+from medsymmflow.checks import one_of, positive_int
+
+__all__ = [
+    "ADAPTIVE_METHODS", "FIXED_STEP_METHODS", "METHODS", "SolverResult", "SymmFlowSolver", "VelocityFn", "check_method",
+    "time_grid",
+]
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 
@@ -23,6 +28,11 @@ FIXED_STEP_METHODS = {"euler": 1, "midpoint": 2, "heun": 2}
 TORCHDIFFEQ_FIXED_STEP_METHODS = ("rk4",)
 ADAPTIVE_METHODS = ("dopri5", "dopri8", "bosh3", "adaptive_heun", "fehlberg2")
 METHODS = tuple(FIXED_STEP_METHODS) + TORCHDIFFEQ_FIXED_STEP_METHODS + ADAPTIVE_METHODS
+
+
+def check_method(method: str, name: str = "ODE method") -> str:
+    """``method`` when :meth:`SymmFlowSolver.sample` can integrate with it; ValueError naming the choices."""
+    return one_of(method, METHODS, name)
 
 
 @dataclass
@@ -39,8 +49,7 @@ class SolverResult:
 
 def time_grid(t_start: float, t_end: float, steps: int) -> torch.Tensor:
     """``steps + 1`` evenly spaced times from ``t_start`` to ``t_end`` (either direction)."""
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    steps = positive_int(steps, "steps")
     for name, value in (("t_start", t_start), ("t_end", t_end)):
         if not 0.0 <= float(value) <= 1.0:
             raise ValueError(f"{name} must lie in [0, 1], got {value}")
@@ -89,9 +98,8 @@ class SymmFlowSolver:
             raise ValueError("times must be a 1-D sequence of at least two values")
         if method in FIXED_STEP_METHODS:
             return self._fixed(x_init, y_init, grid, method, return_intermediates)
-        if method in METHODS:
-            return self._torchdiffeq(x_init, y_init, grid, method, return_intermediates, atol, rtol)
-        raise ValueError(f"unknown ODE method {method!r}; choose one of {', '.join(METHODS)}")
+        check_method(method)
+        return self._torchdiffeq(x_init, y_init, grid, method, return_intermediates, atol, rtol)
 
     def _fixed(
         self, x: torch.Tensor, y: torch.Tensor, grid: torch.Tensor, method: str, keep: bool
