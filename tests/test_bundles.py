@@ -185,12 +185,14 @@ def test_inference_on_png_gives_the_predictions_of_the_npz_path(trained: Path, d
     )
     npz_rows = read_csv(trained / "predictions.csv")  # the evaluation after training, first run, npz arrays
     payload = json.loads((out / "inference/predictions.json").read_text())
-    assert payload["failed"] == [] and payload["skipped"] == []
     assert [Path(p["file"]).name for p in payload["predictions"]] == [f"case{i:02d}.png" for i in range(40)]
     npz = {int(r["index"]): r for r in npz_rows}
-    for i, p in enumerate(payload["predictions"]):
-        assert p["class"] == int(npz[i]["pred"]), p["file"]
-        np.testing.assert_allclose(p["distances"], [float(npz[i]["dist_0"]), float(npz[i]["dist_1"])], rtol=1e-4, atol=1e-6)
+    expected = np.array([[float(npz[i]["dist_0"]), float(npz[i]["dist_1"])] for i in range(40)])
+    # equal up to the CSV's 6 significant digits; the 2-epoch model is nearly constant, so the transposed
+    # images of the old reader moved its distances by only 2e-5 to 1.3e-4 (relative): the tolerance stays below that
+    np.testing.assert_allclose([p["distances"] for p in payload["predictions"]], expected, rtol=1e-5, atol=0)
+    assert [p["class"] for p in payload["predictions"]] == [int(npz[i]["pred"]) for i in range(40)]
+    assert payload["failed"] == [] and payload["skipped"] == []
 
 
 def test_inference_folder_with_bad_files_classifies_the_rest_and_names_each_failure(
