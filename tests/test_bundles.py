@@ -169,6 +169,90 @@ def test_inference_on_png_and_nifti_files(trained: Path, data_dir: Path, tmp_pat
         assert p["class"] == int(np.argmin(p["distances"]))
 
 
+def test_inference_on_png_gives_the_predictions_of_the_npz_path(trained: Path, data_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    # the same 40 test images as PNG files, one batch in the npz order: same noise draws as the evaluation
+    images = np.load(data_dir / "pneumoniamnist.npz")["test_images"]
+    folder = tmp_path / "png"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"case{i:02d}.png")
+    out = tmp_path / "out"
+    run_bundle(
+        ["bundles/pneumoniamnist/inference.json"],
+        *tiny(data_dir, out, "--input", str(folder), "--ckpt_path", str(trained / "checkpoints/best.pt")),
+    )
+    npz_rows = read_csv(trained / "predictions.csv")  # the evaluation after training, first run, npz arrays
+    payload = json.loads((out / "inference/predictions.json").read_text())
+    assert [Path(p["file"]).name for p in payload["predictions"]] == [f"case{i:02d}.png" for i in range(40)]
+    npz = {int(r["index"]): r for r in npz_rows}
+    expected = np.array([[float(npz[i]["dist_0"]), float(npz[i]["dist_1"])] for i in range(40)])
+    # equal up to the CSV's 6 significant digits; the 2-epoch model is nearly constant, so the transposed
+    # images of the old reader moved its distances by up to 1.3e-4 (relative), mostly by over 1e-5
+    np.testing.assert_allclose([p["distances"] for p in payload["predictions"]], expected, rtol=1e-5, atol=0)
+    assert [p["class"] for p in payload["predictions"]] == [int(npz[i]["pred"]) for i in range(40)]
+    assert payload["failed"] == [] and payload["skipped"] == []
+
+
+def test_inference_folder_with_bad_files_classifies_the_rest_and_names_each_failure(
+    trained: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    images = np.load(data_dir / "pneumoniamnist.npz")["test_images"]
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    Image.fromarray(images[0]).save(folder / "gray.png")
+    Image.fromarray(images[1].astype(np.uint16) * 257).save(folder / "deep16.png")
+    Image.fromarray(np.stack([images[2], images[2]], -1), "LA").save(folder / "gray_alpha.png")
+    Image.fromarray(images[3]).save(folder / "scan.gif")
+    (folder / "text.png").write_text("not an image")
+    data = (folder / "gray.png").read_bytes()
+    (folder / "cut.png").write_bytes(data[: len(data) // 2])
+    (folder / "notes.txt").write_text("not an image either")
+    out = tmp_path / "out"
+    proc = run_bundle(
+        ["bundles/pneumoniamnist/inference.json"],
+        *tiny(data_dir, out, "--input", str(folder), "--ckpt_path", str(trained / "checkpoints/best.pt")),
+        check=False,
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("medsymmflow: error:")]
+    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "2 of 6 image files could not be classified" in errors[0]
+    assert f"{folder / 'cut.png'} (damaged or truncated image data" in errors[0]
+    assert f"{folder / 'text.png'} (not a readable image (unknown format or damaged content))" in errors[0]
+    payload = json.loads((out / "inference/predictions.json").read_text())
+    assert [Path(p["file"]).name for p in payload["predictions"]] == ["deep16.png", "gray.png", "gray_alpha.png", "scan.gif"]
+    assert [Path(f["file"]).name for f in payload["failed"]] == ["cut.png", "text.png"]
+    assert payload["skipped"] == [str(folder / "notes.txt")]
+    assert "skipped 1 file(s)" in proc.stdout and "notes.txt" in proc.stdout
+    assert [Path(r["file"]).name for r in read_csv(out / "inference/predictions.csv")] == ["deep16.png", "gray.png", "gray_alpha.png", "scan.gif"]
+    assert not list(out.glob("**/*.tmp"))
+
+
+def test_an_unreadable_png_ends_with_one_line_naming_it_and_writes_nothing(
+    trained: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "scan.png"
+    bad.write_text("this is a text file")
+    out = tmp_path / "out"
+    proc = run_bundle(
+        ["bundles/pneumoniamnist/inference.json"],
+        *tiny(data_dir, out, "--input", str(bad), "--ckpt_path", str(trained / "checkpoints/best.pt")),
+        check=False,
+    )
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("medsymmflow: error:")]
+    assert errors == [
+        f"medsymmflow: error: 1 of 1 image files could not be classified: {bad} "
+        "(not a readable image (unknown format or damaged content)); no predictions were written"
+    ], proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    assert not (out / "inference").exists() or not any((out / "inference").iterdir())
+
+
 def test_inference_bundle_sampling_section_writes_seeded_samples(trained: Path, data_dir: Path, tmp_path: Path) -> None:
     from PIL import Image
 

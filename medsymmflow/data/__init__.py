@@ -5,7 +5,15 @@ when a flag is first looked up.
 """
 
 from medsymmflow.data.augment import BatchAugment, batch_augment
-from medsymmflow.data.files import IMAGE_SUFFIXES, image_file_dicts, list_image_files
+from medsymmflow.data.files import (
+    IMAGE_SUFFIXES,
+    ImageFileDataset,
+    ImageFiles,
+    collate_image_files,
+    find_image_files,
+    image_file_dicts,
+    list_image_files,
+)
 from medsymmflow.data.medmnist import (
     MEDMNIST_SIZES,
     MEDMNIST_SPLITS,
@@ -25,6 +33,8 @@ from medsymmflow.data.synthetic import synthetic_class_templates, write_syntheti
 __all__ = [
     "BatchAugment",
     "IMAGE_SUFFIXES",
+    "ImageFileDataset",
+    "ImageFiles",
     "MEDMNIST_SIZES",
     "MEDMNIST_SPLITS",
     "MedMNISTArrays",
@@ -32,7 +42,9 @@ __all__ = [
     "batch_augment",
     "canonical_flag",
     "class_balanced_weights",
+    "collate_image_files",
     "distributed_world",
+    "find_image_files",
     "image_file_dicts",
     "list_image_files",
     "load_medmnist",

@@ -27,7 +27,9 @@ class SymmFlowEvaluator(Evaluator):
     :meth:`ClassCodebook.class_scores`), ``label_onehot`` (B, K),
     ``distances`` (runs, B, K), ``uncertainty`` (runs, B), ``draw_distances`` (runs, R, B, K),
     ``pred_mode`` (runs, B), ``uncertainty_mode`` (runs, B), ``index`` when the batch has one and
-    ``filename`` when it has a ``file`` key (the inference bundle copies each image's path there).
+    ``filename`` when it has a ``file`` key (the inference bundle copies each image's path there), and
+    ``failed`` when the batch carries failure records of unreadable files (see
+    :class:`~medsymmflow.data.ImageFileDataset`); a batch of failures only gives ``{"failed": [...]}``.
     The noise generator is re-seeded with ``seed`` at the start of every evaluation, so a run is
     reproducible and does not consume the training RNG stream.
 
@@ -86,6 +88,11 @@ class SymmFlowEvaluator(Evaluator):
     def _iteration(self, engine: "SymmFlowEvaluator", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
+        # files of an ImageFileDataset that could not be read arrive as failure records, possibly a whole batch of them
+        failed = list(batchdata.get("failed", [])) if isinstance(batchdata, dict) else []
+        if isinstance(batchdata, dict) and Keys.IMAGE not in batchdata:
+            engine.state.output = {"failed": failed}
+            return engine.state.output
         image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
         image = torch.as_tensor(image).float()
         engine.network.eval()
@@ -127,6 +134,8 @@ class SymmFlowEvaluator(Evaluator):
         if isinstance(batchdata, dict) and "file" in batchdata:
             names = batchdata["file"]
             out["filename"] = [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
+        if failed:
+            out["failed"] = failed
         engine.state.output = out
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return out

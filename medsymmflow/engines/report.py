@@ -165,25 +165,42 @@ def _draw_spread(draw_distances: torch.Tensor) -> torch.Tensor:
 class InferenceReport:
     """Writes each image's class, per-class scores and uncertainty to ``predictions.csv`` and ``.json``.
 
-    For unlabelled images run through :class:`SymmFlowEvaluator` (e.g. files from LoadImage).
+    For unlabelled images run through :class:`SymmFlowEvaluator` (e.g. files from LoadImage). Files
+    that could not be read (the evaluator's ``failed`` records) are listed in ``predictions.json`` under
+    ``failed`` (file and reason) and ``skipped`` names the files of the input folders that were not
+    images; nothing is written when no image at all could be classified. :meth:`raise_for_failures`,
+    called after the run, then ends it with one error naming the failed files.
     """
 
     def __init__(
-        self, output_dir: str | os.PathLike, temperature: float = 0.1, class_names: Sequence[str] | None = None
+        self,
+        output_dir: str | os.PathLike,
+        temperature: float = 0.1,
+        class_names: Sequence[str] | None = None,
+        skipped: Sequence[str] | None = None,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.temperature = float(temperature)
         self.class_names = list(class_names) if class_names is not None else None
+        self.skipped = [str(f) for f in skipped or []]
         self._rows: list[dict[str, Any]] = []
+        self.failed: list[dict[str, str]] = []
 
     def attach(self, engine: Engine) -> None:
         """Collect at every iteration, write at completion."""
-        engine.add_event_handler(Events.STARTED, lambda _: self._rows.clear())
+        engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.COMPLETED, self._write)
 
+    def _reset(self, engine: Engine) -> None:
+        self._rows.clear()
+        self.failed.clear()
+
     def _collect(self, engine: Engine) -> None:
         out = engine.state.output
+        self.failed.extend(dict(f) for f in out.get("failed", []))
+        if "distances" not in out:  # a batch of unreadable files only
+            return
         d = torch.as_tensor(out["distances"][0]).detach().cpu()
         probs = torch.as_tensor(out["scores"][0]).detach().cpu() if "scores" in out else probabilities(d, self.temperature)
         unc = torch.as_tensor(out["uncertainty"][0]).detach().cpu()
@@ -207,6 +224,8 @@ class InferenceReport:
 
     def _write(self, engine: Engine) -> None:
         if not self._rows:
+            if self.failed:  # raise_for_failures reports them; an empty table would only look like a result
+                return
             raise ValueError("no images were classified: the input list is empty")
         k = len(self._rows[0]["scores"])
         buf = io.StringIO()
@@ -217,12 +236,28 @@ class InferenceReport:
                 [r["file"], r["class"], r["class_name"], f"{r['uncertainty']:.6g}", f"{r['spread']:.6g}"]
                 + [f"{v:.6g}" for v in r["scores"]]
             )
-        atomic_write(self.output_dir / "predictions.csv", buf.getvalue())
         payload = {
             "score": getattr(engine, "score", "softmax"),
             "temperature": self.temperature,
             "class_names": self.class_names,
             "predictions": self._rows,
+            "failed": self.failed,
+            "skipped": self.skipped,
         }
+        # the JSON (with the failures) first: a predictions.csv on disk always has its predictions.json beside it
         atomic_write(self.output_dir / "predictions.json", json.dumps(payload, indent=2) + "\n")
+        atomic_write(self.output_dir / "predictions.csv", buf.getvalue())
         logger.info("classified %d images -> %s", len(self._rows), self.output_dir)
+
+    def raise_for_failures(self) -> None:
+        """Raise one ValueError naming the files that could not be classified (a no-op when all were)."""
+        if not self.failed:
+            return
+        shown = "; ".join(f"{f['file']} ({f['error']})" for f in self.failed[:3])
+        more = f"; and {len(self.failed) - 3} more" if len(self.failed) > 3 else ""
+        total = len(self.failed) + len(self._rows)
+        if self._rows:
+            where = f"the other {len(self._rows)} are in {self.output_dir / 'predictions.csv'}, all failures in predictions.json"
+        else:
+            where = "no predictions were written"
+        raise ValueError(f"{len(self.failed)} of {total} image files could not be classified: {shown}{more}; {where}")

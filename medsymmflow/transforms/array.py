@@ -15,15 +15,18 @@ import numpy as np
 import torch
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.data import MetaTensor
-from monai.transforms import RandomizableTransform, Transform
+from monai.transforms import LoadImage, RandomizableTransform, ScaleIntensityRange, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type
 
 from medsymmflow.codes import DECISIONS, ClassCodebook
+from medsymmflow.io import RasterReader
 
 __all__ = [
     "ClassToCodeMask",
     "EnsureSpatial2D",
+    "LoadImageFile",
     "MatchChannels",
+    "StrictScaleIntensityRange",
     "CodeMaskToClass",
     "LabelMapToCodeMask",
     "UniformDequantize",
@@ -348,3 +351,53 @@ class EnsureSpatial2D(Transform):
         if isinstance(img, np.ndarray):
             out = convert_data_type(out, output_type=np.ndarray)[0]
         return out
+
+
+class LoadImageFile(LoadImage):
+    """MONAI ``LoadImage`` that returns every supported file as ``(C, rows, columns[, ...])``, like the MedMNIST arrays.
+
+    Raster files (PNG, JPEG, BMP, GIF, TIFF) go through :class:`~medsymmflow.io.RasterReader` (rows first,
+    EXIF orientation applied, 16-bit scaled to the 8-bit grey scale, alpha dropped, palettes as RGB); NIfTI
+    files through MONAI's ``NibabelReader``, whose voxel array is used as stored (first voxel axis = rows,
+    no reorientation by the affine). Other readers are picked by MONAI from the file suffix as usual.
+    """
+
+    def __init__(
+        self,
+        image_only: bool = True,
+        dtype: np.dtype | type | str | None = np.float32,
+        ensure_channel_first: bool = True,
+    ) -> None:
+        super().__init__(reader=None, image_only=image_only, dtype=dtype, ensure_channel_first=ensure_channel_first)
+        # registered last, so it is asked first for the suffixes it accepts (ahead of MONAI's PILReader)
+        self.register(RasterReader())
+
+
+class StrictScaleIntensityRange(ScaleIntensityRange):
+    """``ScaleIntensityRange`` from ``[a_min, a_max]`` to ``[b_min, b_max]`` that refuses values outside ``[a_min, a_max]``.
+
+    Clipping would silently flatten every value above ``a_max`` (a 16-bit image read on an 8-bit range
+    turns white), so an image reaching past the range by more than ``tolerance * (a_max - a_min)`` raises
+    a ValueError naming its actual range; values within the tolerance are clipped.
+    """
+
+    def __init__(
+        self, a_min: float, a_max: float, b_min: float = -1.0, b_max: float = 1.0, tolerance: float = 1e-4
+    ) -> None:
+        if not (math.isfinite(a_min) and math.isfinite(a_max) and a_max > a_min):
+            raise ValueError(f"the intensity range must be two finite numbers [a_min, a_max] with a_min < a_max, got [{a_min}, {a_max}]")
+        super().__init__(a_min=a_min, a_max=a_max, b_min=b_min, b_max=b_max, clip=True, dtype=np.float32)
+        self.tolerance = float(tolerance)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Check ``img``'s range, then scale (and clip) it."""
+        x = _as_plain_tensor(img, "image")
+        if x.numel():
+            lo, hi = float(x.min()), float(x.max())
+            slack = self.tolerance * (self.a_max - self.a_min)
+            if not (math.isfinite(lo) and math.isfinite(hi)) or lo < self.a_min - slack or hi > self.a_max + slack:
+                raise ValueError(
+                    f"its intensities span [{lo:g}, {hi:g}], outside the intensity range [{self.a_min:g}, {self.a_max:g}] "
+                    "the model's inputs are scaled from; set intensity_range to the range these images use"
+                )
+        return super().__call__(img)

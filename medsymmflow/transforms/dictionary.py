@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
-from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms import LoadImaged, MapTransform, RandomizableTransform
 from monai.utils import ensure_tuple
 
 from medsymmflow.codes import ClassCodebook
@@ -17,7 +17,9 @@ from medsymmflow.transforms.array import (
     CodeMaskToClass,
     EnsureSpatial2D,
     LabelMapToCodeMask,
+    LoadImageFile,
     MatchChannels,
+    StrictScaleIntensityRange,
     UniformDequantize,
 )
 
@@ -32,7 +34,9 @@ __all__ = [
     "LabelMapToCodeMaskD",
     "LabelMapToCodeMaskDict",
     "LabelMapToCodeMaskd",
+    "LoadImageFiled",
     "MatchChannelsd",
+    "StrictScaleIntensityRanged",
     "UniformDequantizeD",
     "UniformDequantizeDict",
     "UniformDequantized",
@@ -281,3 +285,40 @@ class EnsureSpatial2Dd(_PerKey):
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.converter = EnsureSpatial2D()
+
+
+class LoadImageFiled(LoadImaged):
+    """Dictionary version of :class:`LoadImageFile`: raster files rows first and on the 8-bit grey scale, NIfTI as stored."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_only: bool = True,
+        dtype: np.dtype | type | str | None = np.float32,
+        ensure_channel_first: bool = True,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(
+            keys, image_only=image_only, dtype=dtype, ensure_channel_first=ensure_channel_first,
+            allow_missing_keys=allow_missing_keys,
+        )
+        self._loader = LoadImageFile(image_only=image_only, dtype=dtype, ensure_channel_first=ensure_channel_first)
+
+
+class StrictScaleIntensityRanged(_PerKey):
+    """Dictionary version of :class:`StrictScaleIntensityRange`."""
+
+    backend = StrictScaleIntensityRange.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        a_min: float,
+        a_max: float,
+        b_min: float = -1.0,
+        b_max: float = 1.0,
+        tolerance: float = 1e-4,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = StrictScaleIntensityRange(a_min, a_max, b_min, b_max, tolerance)
