@@ -14,6 +14,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "selective": ("medsymmflow.commands.selective", "selective-prediction and calibration report from predictions.csv"),
     "sample": ("medsymmflow.commands.sample", "class-conditional sampling: PNGs per class and a montage"),
+    "export": ("medsymmflow.commands.export", "TorchScript classifier (image -> class, scores, uncertainty) from a checkpoint"),
 }
 
 

@@ -87,17 +87,31 @@ class _ReverseInferer(Inferer):
         network: Callable[..., Any],
         generator: torch.Generator | None = None,
         code_shape: tuple[int, ...] | None = None,
+        noise: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Predicted code masks of every draw, shape ``(R, B, C_y, *spatial)``."""
+        """Predicted code masks of every draw, shape ``(R, B, C_y, *spatial)``.
+
+        ``noise`` is the label noise at t=1 of shape :meth:`noise_shape` (draw-major); without it the
+        noise is drawn from ``generator`` (the deployment export passes it in, see :mod:`medsymmflow.deploy`).
+        """
         _check_image(inputs)
-        r, b = self.num_draws, inputs.shape[0]
-        shape = (r * b, self.code_channels) + tuple(code_shape or inputs.shape[2:])
-        noise_y = torch.randn(shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
+        r = self.num_draws
+        shape = self.noise_shape(inputs, code_shape)
+        if noise is None:
+            noise_y = torch.randn(shape, generator=generator, device=inputs.device, dtype=inputs.dtype)
+        elif tuple(noise.shape) != shape:
+            raise ValueError(f"noise must have shape {shape} ({r} draws x batch, code channels, *spatial), got {tuple(noise.shape)}")
+        else:
+            noise_y = noise.to(device=inputs.device, dtype=inputs.dtype)
         x = inputs.repeat((r,) + (1,) * (inputs.ndim - 1)) if r > 1 else inputs
         with autocast_context(inputs.device, resolve_autocast(self.autocast, inputs.device)):
             out = SymmFlowSolver(network).sample(x, noise_y, t_start=1.0, t_end=0.0, steps=self.steps, method=self.method)
         y = out.y.float()  # distances and decisions are taken in float32 whatever the network ran in
-        return y.reshape((r, b) + y.shape[1:])
+        return y.reshape((r, inputs.shape[0]) + y.shape[1:])
+
+    def noise_shape(self, inputs: torch.Tensor, code_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """Shape ``(R * B, C_y, *spatial)`` of the label noise one call draws for ``inputs`` (B, C, *spatial)."""
+        return (self.num_draws * inputs.shape[0], self.code_channels) + tuple(code_shape or inputs.shape[2:])
 
 
 class SymmFlowClassifier(_ReverseInferer):
@@ -114,9 +128,13 @@ class SymmFlowClassifier(_ReverseInferer):
         network: Callable[..., Any],
         generator: torch.Generator | None = None,
         decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        noise: torch.Tensor | None = None,
     ) -> ClassificationResult:
-        """Classify ``inputs`` (B, C, *spatial); ``decode`` maps predicted (latent) codes to code masks first."""
-        codes = self.predict_code(inputs, network, generator)
+        """Classify ``inputs`` (B, C, *spatial); ``decode`` maps predicted (latent) codes to code masks first.
+
+        ``noise``: the label noise to start from instead of drawing it from ``generator`` (see :meth:`predict_code`).
+        """
+        codes = self.predict_code(inputs, network, generator, noise=noise)
         if decode is not None:
             codes = torch.stack([decode(c) for c in codes])
         mean_code = codes.mean(0)

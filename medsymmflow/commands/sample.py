@@ -152,13 +152,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _class_names(flag: str, num_classes: int) -> list[str] | None:
     """medmnist's class names of ``flag`` when it is a MedMNIST flag with that many classes."""
-    from medsymmflow.data.medmnist import medmnist_info
+    from medsymmflow.data.medmnist import medmnist_class_names
 
-    try:
-        labels = medmnist_info(flag)["label"]
-    except (ValueError, TypeError):
-        return None
-    return [str(labels[str(k)]) for k in range(num_classes)] if len(labels) == num_classes else None
+    return medmnist_class_names(flag, num_classes)
 
 
 def _run_evaluation(

@@ -35,6 +35,7 @@ __all__ = [
     "MedMNISTDataset",
     "canonical_flag",
     "load_medmnist",
+    "medmnist_class_names",
     "medmnist_filename",
     "medmnist_info",
     "medmnist_url",
@@ -96,6 +97,15 @@ def medmnist_info(flag: str) -> dict[str, Any]:
             f"single-label tasks are supported (one class per image): {valid}"
         )
     return info
+
+
+def medmnist_class_names(flag: str, num_classes: int) -> list[str] | None:
+    """medmnist's class names of ``flag``, or None when it is no MedMNIST flag or has another class count."""
+    try:
+        labels = medmnist_info(flag)["label"]
+    except (ValueError, TypeError):
+        return None
+    return [str(labels[str(k)]) for k in range(num_classes)] if len(labels) == num_classes else None
 
 
 def _check_size(size: int) -> int:
