@@ -23,9 +23,11 @@ import os
 import sys
 from pathlib import Path
 from types import TracebackType
-from typing import Callable
+from typing import Any, Callable
 
-__all__ = ["OneLineFormatter", "add_explainer", "install_excepthook", "on_failure", "package_cause", "show_tracebacks"]
+__all__ = [
+    "OneLineFormatter", "add_explainer", "install_excepthook", "on_failure", "package_cause", "root_cause", "show_tracebacks",
+]
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent)
 _CLEAR_TYPES = (FileNotFoundError, ValueError, TypeError, RuntimeError, FloatingPointError)
@@ -44,6 +46,11 @@ def _chain(exc: BaseException) -> list[BaseException]:
         out.append(exc)
         exc = exc.__cause__ or exc.__context__
     return out
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of the ``__cause__`` / ``__context__`` chain (what a reader library really said)."""
+    return _chain(exc)[-1]
 
 
 def package_cause(exc: BaseException) -> BaseException | None:
@@ -116,11 +123,11 @@ class OneLineFormatter(logging.Formatter):
     keeps only the record's message.
     """
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - logging.Formatter's signature
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         install_excepthook()
 
-    def formatException(self, ei) -> str:  # noqa: ANN001, N802 - logging's API
+    def formatException(self, ei: Any) -> str:  # noqa: N802 - logging's API
         """The traceback text when asked for, else nothing."""
         return super().formatException(ei) if show_tracebacks() else ""
 

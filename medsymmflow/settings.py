@@ -281,7 +281,7 @@ class BundleLogFormatter(errors.OneLineFormatter):
     first medsymmflow code a bundle run executes.
     """
 
-    def __init__(self, *args, **kwargs) -> None:  # noqa: ANN002, ANN003 - logging.Formatter's signature
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         errors.add_explainer(_explain)
 
