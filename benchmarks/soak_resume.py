@@ -2,7 +2,8 @@
 
 Trains the pneumoniamnist bundle (or ``--flag`` with ``--dataset-dir``) once without interruption as
 the reference, then runs the same training again and kills it ``--kills`` times at seeded random
-moments (uniform over ``--max-delay-epochs`` epoch durations after the trainer started), resuming
+moments (uniform from the trainer's start over the reference's first-epoch latency plus
+``--max-delay-epochs`` epoch durations), resuming
 each time with ``--resume true``. After every kill it checks that an intact resumable checkpoint
 is on disk and how many finished epochs it lacks; a watcher thread checks every few milliseconds
 that ``last.pt`` or ``previous.pt`` exists at every moment after the first was written. The last
@@ -18,6 +19,7 @@ date, command) as JSON to ``--output``.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import random
@@ -47,7 +49,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--kills", type=int, default=10, help="how many times the training is killed and resumed")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of the training (default: 2 per kill + 2)")
-    parser.add_argument("--max-delay-epochs", type=float, default=1.5, help="kill moments are uniform over this many epoch durations")
+    parser.add_argument("--max-delay-epochs", type=float, default=2.0,
+                        help="kill moments are uniform over the first-epoch latency plus this many epoch durations")
     parser.add_argument("--signal", choices=("kill", "term"), default="kill",
                         help="SIGKILL, or SIGTERM (then the checkpoint holds the state within the epoch and the end is not bit-exact)")
     parser.add_argument("--flag", default="pneumoniamnist", help="MedMNIST flag (a bundle of that name, else the pneumoniamnist bundle)")
@@ -80,12 +83,24 @@ def _command(args: argparse.Namespace, data_dir: Path, out: Path, resume: bool) 
 
 ENV = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
 TRAINER_STARTED = "SymmFlowTrainer - INFO - Engine run resuming from"
-EPOCH_DONE = re.compile(r"SymmFlowTrainer - INFO - Epoch\[(\d+)\] Complete\. Time taken: (\d+):(\d+):([\d.]+)")
+EPOCH_DONE = re.compile(r"^(\S+ \S+) - ignite\.engine\.engine\.SymmFlowTrainer - INFO - Epoch\[(\d+)\] Complete", re.M)
+STARTED_AT = re.compile(r"^(\S+ \S+) - ignite\.engine\.engine\.SymmFlowTrainer - INFO - Engine run resuming from", re.M)
 
 
-def _epochs_done(log: str) -> list[tuple[int, float]]:
-    """(epoch, seconds) of every training epoch a log reports as complete."""
-    return [(int(m[0]), 3600 * int(m[1]) + 60 * int(m[2]) + float(m[3])) for m in EPOCH_DONE.findall(log)]
+def _epochs_done(log: str) -> list[int]:
+    """The training epochs a log reports as complete."""
+    return [int(m[1]) for m in EPOCH_DONE.findall(log)]
+
+
+def _timing(log: str) -> tuple[float, float]:
+    """Seconds from the trainer's start to its first finished epoch, and the mean epoch after that."""
+    def seconds(stamp: str) -> float:
+        return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+    start = seconds(STARTED_AT.search(log)[1])
+    done = [seconds(m[0]) for m in EPOCH_DONE.findall(log)]
+    later = [b - a for a, b in zip(done, done[1:])]
+    return done[0] - start, sum(later) / max(len(later), 1)
 
 
 def _newest_intact(ckpt_dir: Path) -> tuple[str, int, int] | None:
@@ -110,11 +125,11 @@ class Watcher(threading.Thread):
         self.ckpt_dir, self.period = ckpt_dir, period
         self.polls = self.missing = 0
         self.seen = False
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         """Poll until stopped."""
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             present = any((self.ckpt_dir / name).exists() for name in RESUMABLE)
             self.seen |= present
             if self.seen:
@@ -124,7 +139,7 @@ class Watcher(threading.Thread):
 
     def stop(self) -> None:
         """End the polling."""
-        self._stop.set()
+        self._halt.set()
         self.join()
 
 
@@ -185,8 +200,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     start = time.monotonic()
     _train(_command(args, data_dir, reference, resume=False), work / "reference.log")
     reference_seconds = time.monotonic() - start
-    durations = [s for _, s in _epochs_done((work / "reference.log").read_text())]
-    epoch_seconds = sum(durations) / max(len(durations), 1)
+    first_epoch_seconds, epoch_seconds = _timing((work / "reference.log").read_text())
 
     rng = random.Random(args.seed)
     ckpt_dir = soak / "checkpoints"
@@ -196,12 +210,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     completed = 0  # highest epoch any segment reported complete
     try:
         for i in range(1, args.kills + 1):
-            delay = rng.uniform(0.0, args.max_delay_epochs * epoch_seconds)
+            delay = rng.uniform(0.0, first_epoch_seconds + args.max_delay_epochs * epoch_seconds)
             seg = _kill_once(_command(args, data_dir, soak, resume=True), work / f"segment_{i}.log", delay, sig)
             if seg["finished_before_kill"]:
                 rows.append({"kill": i, "delay_s": round(delay, 2), "note": "training finished before the kill"})
                 break
-            completed = max([completed, *(e for e, _ in _epochs_done(seg["log"]))])
+            completed = max([completed, *_epochs_done(seg["log"])])
             newest = _newest_intact(ckpt_dir)
             epoch_on_disk = newest[1] // newest[2] if newest else 0
             rows.append({
@@ -232,7 +246,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "signal": args.signal, "seed": args.seed, "epochs": args.epochs, "flag": args.flag,
         "data": str(args.dataset_dir) if args.dataset_dir else "synthetic (96 train / 24 val images)",
         "net_preset": args.net_preset, "batch_size": args.batch_size,
-        "reference_seconds": round(reference_seconds, 1), "mean_epoch_seconds": round(epoch_seconds, 2),
+        "reference_seconds": round(reference_seconds, 1), "first_epoch_seconds": round(first_epoch_seconds, 2),
+        "mean_epoch_seconds": round(epoch_seconds, 2),
         "segments": rows, "work_dir": str(work),
         "machine": machine_info(), "date": now_iso(), "command": command_line(),
     }

@@ -127,7 +127,9 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     ``interval_filename`` gives the every-``save_interval`` checkpoint a fixed name (the bundles use
     ``last.pt``, also their ``final_filename``): it is replaced atomically, the file it replaces kept as
-    ``previous_filename``. The final save is skipped when the interval save already wrote this iteration.
+    ``previous_filename``. The final checkpoint is also written on ``TERMINATE`` (a run stopped with
+    ``terminate(skip_completed=True)``, as :class:`StopOnSignal` does, never reaches ``COMPLETED``); it
+    is written once per state, and not at all when the interval save already wrote this iteration.
     For a key-metric saver, :meth:`state_dict` / :meth:`load_state_dict` carry the best metric and its
     epoch, so that a resumed run only replaces ``best.pt`` with a better validation than the earlier best.
     """
@@ -143,6 +145,7 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
         self._interval_filename = interval_filename
         self._saved_iteration: int | None = None
+        self._final_iteration: int | None = None
         self._best_epoch: int | None = None
         fixed = {
             "_final_checkpoint": (kwargs.get("final_filename"), previous_filename),
@@ -154,22 +157,27 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if checkpoint is not None:
                 checkpoint.save_handler = AtomicDiskSaver(save_dir, filename, previous)
 
+    def attach(self, engine: Engine) -> None:
+        """Attach MONAI's events, plus the final save on ``TERMINATE``."""
+        super().attach(engine)
+        if self._final_checkpoint is not None:
+            engine.add_event_handler(Events.TERMINATE, self.completed)
+
     def interval_completed(self, engine: Engine) -> None:
         """Save the interval checkpoint and remember the iteration it holds."""
         super().interval_completed(engine)
         self._saved_iteration = engine.state.iteration
 
     def completed(self, engine: Engine) -> None:
-        """Save the final checkpoint unless the interval checkpoint of the same file already holds this state."""
-        if (
-            self._interval_filename is not None
-            and self._interval_filename == self._final_filename
-            and self._saved_iteration == engine.state.iteration
-        ):
+        """Save the final checkpoint unless this state is already in it (or in the interval file of that name)."""
+        iteration = engine.state.iteration
+        if self._final_iteration == iteration:
+            return
+        self._final_iteration = iteration
+        if self._interval_filename is not None and self._interval_filename == self._final_filename and self._saved_iteration == iteration:
             self.logger.info(f"Train completed, final checkpoint: {os.path.join(self.save_dir, self._final_filename)}")
             return
         super().completed(engine)
-        self._saved_iteration = engine.state.iteration
 
     def metrics_completed(self, engine: Engine) -> None:
         """Compare the key metric with the best so far; remember the epoch of a new best."""

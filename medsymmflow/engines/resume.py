@@ -79,9 +79,10 @@ def _remove_stale_temporaries(*groups: Sequence[str | os.PathLike]) -> None:
 class StopOnSignal:
     """Turns SIGTERM and SIGINT during training into a clean stop with a resumable checkpoint.
 
-    At the first signal the trainer terminates after its current iteration; ignite then fires
-    ``COMPLETED``, on which the bundles' checkpoint saver writes ``last.pt`` (that state may lie within
-    an epoch; a resume continues that epoch with its remaining iterations). :meth:`exit_if_stopped`,
+    At the first signal the trainer terminates after its current iteration without firing ``COMPLETED``
+    (so nothing that belongs to a finished training runs, e.g. the VAE export); on ``TERMINATE`` the
+    bundles' checkpoint saver writes ``last.pt`` (that state may lie within an epoch; a resume continues
+    that epoch with its remaining iterations). :meth:`exit_if_stopped`,
     called right after ``trainer.run()``, then ends the process with exit code 128 + the signal number
     (143 for SIGTERM, 130 for SIGINT) instead of going on to the evaluation. A second signal acts as
     usual. Under ``torch.distributed`` the ranks agree after every iteration, so all stop together.
@@ -101,6 +102,7 @@ class StopOnSignal:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._check)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._check)
         engine.add_event_handler(Events.COMPLETED, self._restore)
+        engine.add_event_handler(Events.TERMINATE, self._restore)
 
     def _install(self, engine: Engine) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -124,7 +126,7 @@ class StopOnSignal:
             received = int(flag.item())
         if received and self.signum is None:
             self.signum = received
-            engine.terminate()
+            engine.terminate(skip_completed=True)
 
     def _restore(self, engine: Engine) -> None:
         for sig, handler in self._previous.items():
