@@ -14,6 +14,7 @@ from medsymmflow.engines.handlers import (
     load_checkpoint,
 )
 from medsymmflow.engines.report import ClassificationReport, InferenceReport
+from medsymmflow.engines.resume import StopOnSignal, resume_checkpoint
 from medsymmflow.engines.trainer import SymmFlowTrainer
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "InferenceReport",
     "RunInfo",
     "SafeCheckpointLoader",
+    "StopOnSignal",
     "SymmFlowEvaluator",
     "SymmFlowTrainer",
     "TrainingBudget",
@@ -33,4 +35,5 @@ __all__ = [
     "atomic_write",
     "kl_divergence",
     "load_checkpoint",
+    "resume_checkpoint",
 ]

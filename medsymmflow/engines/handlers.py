@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -54,37 +56,156 @@ class EpochSeedHandler:
 
 
 class AtomicDiskSaver(DiskSaver):
-    """ignite's DiskSaver writing atomically (temp file + rename) with group/other read permission kept."""
+    """ignite's DiskSaver writing atomically, removing superseded files only once the new one is in place.
 
-    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+    Each file is written to a hidden ``.<name>.*.tmp`` in the same folder, synced and renamed over the
+    target, so a killed run never leaves a torn file. ignite's ``Checkpoint`` asks to remove the file it
+    supersedes *before* writing the next one (a kill in between left no checkpoint at all); here such
+    removals wait until the next file has been written. With a fixed ``filename`` and ``previous``, the
+    file being replaced is first kept under ``previous`` (one generation back, a fallback should the
+    newer file ever be damaged); the fixed file exists at every moment once first written.
+    """
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None, previous: str | None = None) -> None:
         super().__init__(dirname=str(dirname), require_empty=False, atomic=True, create_dir=True)
         self.filename = filename
+        self.previous = previous if filename else None
+        self._pending: list[str] = []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
-        """Save ``checkpoint`` under the fixed filename when one was given."""
+        """Save ``checkpoint`` (under the fixed filename when one was given), then drop superseded files."""
         name = self.filename or filename
-        super().__call__(checkpoint, name, metadata)
-        os.chmod(os.path.join(self.dirname, name), 0o644)
+        path = Path(self.dirname) / name
+        if self.previous and path.is_file():
+            self._keep_previous(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.dirname)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(self.dirname)
+        for old in self._pending:
+            if old not in (name, self.previous):
+                Path(self.dirname, old).unlink(missing_ok=True)
+        self._pending.clear()
+
+    def _keep_previous(self, path: Path) -> None:
+        # a hard link costs no copy; the fixed file keeps existing until the new one replaces it
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.previous}.", suffix=".tmp", dir=self.dirname)
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            os.link(path, tmp)
+        except OSError:  # file systems without hard links
+            shutil.copy2(path, tmp)
+        os.replace(tmp, path.with_name(self.previous))
 
     def remove(self, filename: str) -> None:
-        """Remove a superseded checkpoint."""
-        super().remove(self.filename or filename)
+        """Remove a superseded checkpoint once the next one has been written."""
+        self._pending.append(self.filename or filename)
+
+
+def _fsync_dir(dirname: str | os.PathLike) -> None:
+    """Make a rename in ``dirname`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(dirname, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class AtomicCheckpointSaver(CheckpointSaver):
-    """MONAI's CheckpointSaver whose files are written atomically, so a killed run never leaves a torn file."""
+    """MONAI's CheckpointSaver with atomic files, a rolling resumable checkpoint and a resumable best metric.
 
-    def __init__(self, save_dir: str, save_dict: dict, **kwargs: Any) -> None:
+    ``interval_filename`` gives the every-``save_interval`` checkpoint a fixed name (the bundles use
+    ``last.pt``, also their ``final_filename``): it is replaced atomically, the file it replaces kept as
+    ``previous_filename``. The final checkpoint is also written on ``TERMINATE`` (a run stopped with
+    ``terminate(skip_completed=True)``, as :class:`StopOnSignal` does, never reaches ``COMPLETED``); it
+    is written once per state, and not at all when the interval save already wrote this iteration.
+    For a key-metric saver, :meth:`state_dict` / :meth:`load_state_dict` carry the best metric and its
+    epoch, so that a resumed run only replaces ``best.pt`` with a better validation than the earlier best.
+    """
+
+    def __init__(
+        self,
+        save_dir: str,
+        save_dict: dict,
+        interval_filename: str | None = None,
+        previous_filename: str | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(save_dir=save_dir, save_dict=save_dict, **kwargs)
+        self._interval_filename = interval_filename
+        self._saved_iteration: int | None = None
+        self._final_iteration: int | None = None
+        self._best_epoch: int | None = None
         fixed = {
-            "_final_checkpoint": kwargs.get("final_filename"),
-            "_key_metric_checkpoint": kwargs.get("key_metric_filename"),
-            "_interval_checkpoint": None,
+            "_final_checkpoint": (kwargs.get("final_filename"), previous_filename),
+            "_key_metric_checkpoint": (kwargs.get("key_metric_filename"), None),
+            "_interval_checkpoint": (interval_filename, previous_filename),
         }
-        for attr, filename in fixed.items():
+        for attr, (filename, previous) in fixed.items():
             checkpoint = getattr(self, attr, None)
             if checkpoint is not None:
-                checkpoint.save_handler = AtomicDiskSaver(save_dir, filename)
+                checkpoint.save_handler = AtomicDiskSaver(save_dir, filename, previous)
+
+    def attach(self, engine: Engine) -> None:
+        """Attach MONAI's events, plus the final save on ``TERMINATE``."""
+        super().attach(engine)
+        if self._final_checkpoint is not None:
+            engine.add_event_handler(Events.TERMINATE, self.completed)
+
+    def interval_completed(self, engine: Engine) -> None:
+        """Save the interval checkpoint and remember the iteration it holds."""
+        super().interval_completed(engine)
+        self._saved_iteration = engine.state.iteration
+
+    def completed(self, engine: Engine) -> None:
+        """Save the final checkpoint unless this state is already in it (or in the interval file of that name)."""
+        iteration = engine.state.iteration
+        if self._final_iteration == iteration:
+            return
+        self._final_iteration = iteration
+        if self._interval_filename is not None and self._interval_filename == self._final_filename and self._saved_iteration == iteration:
+            self.logger.info(f"Train completed, final checkpoint: {os.path.join(self.save_dir, self._final_filename)}")
+            return
+        super().completed(engine)
+
+    def metrics_completed(self, engine: Engine) -> None:
+        """Compare the key metric with the best so far; remember the epoch of a new best."""
+        before = self._key_metric_state()
+        super().metrics_completed(engine)
+        if self._key_metric_state() != before:
+            self._best_epoch = int(engine.state.epoch)
+
+    def _key_metric_state(self) -> list[tuple[float, str]]:
+        if self._key_metric_checkpoint is None:
+            return []
+        return [(float(p), str(f)) for p, f in self._key_metric_checkpoint.state_dict()["_saved"]]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best key metric so far, its epoch and ignite's record of the saved file (plain values)."""
+        saved = self._key_metric_state()
+        return {"best_metric": saved[-1][0] if saved else None, "best_epoch": self._best_epoch, "saved": saved}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Restore the best key metric of an earlier run, so only a better validation replaces its file."""
+        if self._key_metric_checkpoint is None:
+            return
+        self._key_metric_checkpoint.load_state_dict({"_saved": [tuple(item) for item in state_dict.get("saved", [])]})
+        epoch = state_dict.get("best_epoch")
+        self._best_epoch = None if epoch is None else int(epoch)
 
 
 class RunInfo:
@@ -207,11 +328,24 @@ def load_checkpoint(
 
 
 class SafeCheckpointLoader(CheckpointLoader):
-    """MONAI's CheckpointLoader with one clear message for a missing, truncated or foreign checkpoint."""
+    """MONAI's CheckpointLoader with one clear message for a missing, truncated or foreign checkpoint.
+
+    Objects named in ``optional`` may be absent from the file (checkpoints written before they were
+    saved); they keep their fresh state and a warning names them.
+    """
+
+    def __init__(self, load_path: str, load_dict: dict, optional: tuple[str, ...] | list[str] = (), **kwargs: Any) -> None:
+        super().__init__(load_path=load_path, load_dict=load_dict, **kwargs)
+        self.optional = tuple(optional)
 
     def __call__(self, engine: Engine) -> None:
         """Check the file, then restore every object of ``load_dict``."""
-        load_checkpoint(self.load_path, self.map_location, self.load_dict)  # raises FileNotFoundError / ValueError naming the file
+        stored = load_checkpoint(self.load_path, self.map_location)  # raises FileNotFoundError / ValueError naming the file
+        absent = [k for k in self.optional if k in self.load_dict and isinstance(stored, Mapping) and k not in stored]
+        if absent:
+            logger.warning("%s holds no %s (written by an older version); starting it afresh", self.load_path, ", ".join(absent))
+            self.load_dict = {k: v for k, v in self.load_dict.items() if k not in absent}
+        check_checkpoint(stored, self.load_dict, self.load_path)  # entries and network shapes, named
         super().__call__(engine)
 
 
