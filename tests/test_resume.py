@@ -199,7 +199,8 @@ def _load(path: Path) -> dict:
 
 
 def _digest(folder: Path) -> dict[str, str]:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+    """Every file below ``folder`` (relative path -> sha256): a new, changed or removed file changes it."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -278,13 +279,13 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_143(terminated: dict) ->
 
 @pytest.mark.slow
 def test_existing_checkpoints_without_resume_stop_with_one_line(terminated: dict, data_dir: Path) -> None:
-    before = _digest(terminated["out"] / "checkpoints")
+    before = _digest(terminated["out"])  # checkpoints and TensorBoard files alike
     done = _run(data_dir, terminated["out"], "--epochs", "2", check=False)
     assert done.returncode != 0
     errors = [line for line in done.stderr.splitlines() if line.startswith("medsymmflow: error:")]
     assert len(errors) == 1 and "last.pt exists; pass --resume true to continue or choose another --output_dir" in errors[0]
     assert "Traceback" not in done.stderr
-    assert _digest(terminated["out"] / "checkpoints") == before
+    assert _digest(terminated["out"]) == before  # refused before the trainer (and its TensorBoard writer) exists
 
 
 @pytest.mark.slow
