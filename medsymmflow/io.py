@@ -2,32 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 from monai.data import PILReader
 
-__all__ = ["RASTER_SUFFIXES", "RasterReader", "atomic_write", "json_safe"]
+__all__ = ["RASTER_SUFFIXES", "RasterReader", "atomic_open", "atomic_write", "json_safe"]
 
 # The raster formats PIL decodes that RasterReader accepts (MONAI's own PILReader takes only the first four).
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and ``os.replace``."""
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+    """A file to write ``path`` through: a temporary file in the same folder, synced and renamed onto
+    ``path`` (mode 0644) only when the block ends without error, removed otherwise."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    mode = "wb" if isinstance(data, bytes) else "w"
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, mode) as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
@@ -35,7 +38,13 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_open`: readers see the old file or the new one, never part."""
+    with atomic_open(path, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
+    return Path(path)
 
 
 def json_safe(value: Any) -> Any:

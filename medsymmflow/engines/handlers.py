@@ -18,7 +18,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import set_determinism
 
 from medsymmflow.checks import available_device
-from medsymmflow.io import atomic_write
+from medsymmflow.io import atomic_open, atomic_write
 
 __all__ = [
     "EMAUpdate",
@@ -78,17 +78,8 @@ class AtomicDiskSaver(DiskSaver):
         path = Path(self.dirname) / name
         if self.previous and path.is_file():
             self._keep_previous(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.dirname)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_open(path, "wb") as f:
+            torch.save(checkpoint, f)
         _fsync_dir(self.dirname)
         for old in self._pending:
             if old not in (name, self.previous):
