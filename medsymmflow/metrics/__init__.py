@@ -85,7 +85,7 @@ __all__ += [
 ]
 
 # Generation quality (appended): offline FID and the classification accuracy score of generated images.
-from medsymmflow.metrics.cas import classification_accuracy_score, load_resnet_classifier  # noqa: E402
+from medsymmflow.metrics.cas import classification_accuracy_score  # noqa: E402
 from medsymmflow.metrics.fid import (  # noqa: E402
     InceptionFeatures,
     ReferenceFID,
@@ -103,5 +103,4 @@ __all__ += [
     "find_inception_file",
     "inception_available",
     "load_inception",
-    "load_resnet_classifier",
 ]
