@@ -1,7 +1,7 @@
 """``medsymmflow selective``: selective-prediction and calibration report from a bundle's predictions.csv.
 
 Writes ``selective_metrics.json``, ``accuracy_rejection.png`` and ``reliability.png``; the work is done by
-:func:`medsymmflow.metrics.report.make_selective_report`, which the bundles call directly.
+:func:`medsymmflow.reports.selective.make_selective_report`, which the bundles call directly.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report, write its three files and print a short summary; returns the exit code."""
-    from medsymmflow.metrics.report import make_selective_report
+    from medsymmflow.reports.selective import make_selective_report
 
     if args.bins < 1:
         raise ValueError(f"--bins must be >= 1, got {args.bins}")
@@ -87,7 +87,7 @@ def _print_summary(report: dict) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Run the command from a list of arguments, raising errors (bundles call :func:`~medsymmflow.metrics.report.make_selective_report`)."""
+    """Run the command from a list of arguments, raising errors (bundles call :func:`~medsymmflow.reports.selective.make_selective_report`)."""
     parser = argparse.ArgumentParser(prog="medsymmflow selective")
     add_arguments(parser)
     return run(parser.parse_args(list(argv)))

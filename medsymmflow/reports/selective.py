@@ -495,7 +495,7 @@ def write_selective_report(
 ) -> dict[str, Path]:
     """Write ``selective_metrics.json``, ``accuracy_rejection.png`` and ``reliability.png`` atomically to ``output_dir``."""
     from medsymmflow.io import atomic_write
-    from medsymmflow.metrics.plots import plot_accuracy_rejection, plot_reliability
+    from medsymmflow.reports.plots import plot_accuracy_rejection, plot_reliability
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
