@@ -4,7 +4,9 @@
 (t: 0 -> 1 from ``(noise_x, code_mask)``) and returns uint8 images ``(N, H, W, C)`` with their labels,
 class-major (all samples of class 0 first). :func:`save_samples` writes one PNG per sample in a folder
 per class and a montage grid with one row per class. :func:`load_generator` rebuilds the EMA network
-and codebook of a bundle checkpoint (``runs/<flag>/checkpoints/best.pt``).
+and codebook of a bundle checkpoint (``runs/<flag>/checkpoints/best.pt``); :func:`sample_checkpoint`
+does all three from a checkpoint path (``medsymmflow sample`` and the inference bundle's ``sampling``).
+Scoring the samples (FID / CAS) is left to :mod:`medsymmflow.generation_metrics`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,13 @@ import torch
 
 from medsymmflow.codes import ClassCodebook
 from medsymmflow.flow.solver import METHODS
-from medsymmflow.io import atomic_write
+from medsymmflow.io import (
+    RunInfo,
+    atomic_write,
+    check_uint8_images,
+    load_checkpoint,
+    to_uint8_images,
+)
 
 if TYPE_CHECKING:
     from medsymmflow.networks.latent import LatentCodec
@@ -31,55 +39,17 @@ __all__ = [
     "SAMPLING_METHODS",
     "LoadedGenerator",
     "SavedSamples",
-    "check_uint8_images",
     "class_folder_name",
     "generate_per_class",
     "load_generator",
     "make_montage",
+    "sample_checkpoint",
     "sample_per_class",
     "save_samples",
-    "to_float_images",
-    "to_uint8_images",
     "write_png",
 ]
 
 SAMPLING_METHODS = METHODS
-
-
-def to_uint8_images(images: torch.Tensor) -> np.ndarray:
-    """Float images ``(N, C, H, W)`` in [-1, 1] -> uint8 ``(N, H, W, C)``; values outside are clipped.
-
-    The inverse of MedMNIST's ``v / 127.5 - 1``: ``round((x + 1) * 127.5)``, so real test images
-    make the round trip exactly.
-    """
-    images = torch.as_tensor(images)
-    if images.ndim != 4:
-        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be floating point in [-1, 1], got dtype {images.dtype}")
-    if not torch.isfinite(images).all():
-        raise ValueError("images contain NaN or infinite values (the sampler diverged)")
-    scaled = ((images.detach().float().cpu() + 1.0) * 127.5).round().clamp_(0, 255)
-    return scaled.to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
-
-
-def to_float_images(images: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """uint8 images ``(N, H, W, C)`` -> float32 ``(N, C, H, W)`` in [-1, 1] (the package's convention)."""
-    images = check_uint8_images(images)
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-
-
-def check_uint8_images(images: np.ndarray | torch.Tensor, name: str = "images") -> np.ndarray:
-    """``images`` as a uint8 numpy array ``(N, H, W, C)``; TypeError / ValueError naming the problem."""
-    if isinstance(images, torch.Tensor):
-        images = images.detach().cpu().numpy()
-    if not isinstance(images, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array or torch tensor, got {type(images).__name__}")
-    if images.dtype != np.uint8:
-        raise TypeError(f"{name} must be uint8 (N, H, W, C), got dtype {images.dtype}; see to_uint8_images")
-    if images.ndim != 4:
-        raise ValueError(f"{name} must have shape (N, H, W, C), got {images.shape}")
-    return images
 
 
 def _per_class_counts(num_per_class: int | Sequence[int], num_classes: int) -> list[int]:
@@ -190,7 +160,7 @@ def generate_per_class(
     The same ``seed`` and ``batch_size`` give identical images: the noise comes from one generator seeded
     with ``seed`` on the network's device (the global RNG is left alone). ``beta`` (8-bit grey levels)
     dequantizes the start code as in training; 0 starts from the clean code. ``progress`` shows a tqdm bar.
-    Images are mapped from [-1, 1] to 0..255 with clipping (:func:`to_uint8_images`).
+    Images are mapped from [-1, 1] to 0..255 with clipping (:func:`medsymmflow.io.to_uint8_images`).
     """
     if len(spatial_size) != 2:
         raise ValueError(f"generate_per_class makes 2-D images: spatial_size must be (H, W), got {tuple(spatial_size)}")
@@ -327,7 +297,6 @@ def load_generator(
     file for a corrupt one, one without ``run_info`` / weights, one whose weights do not fit the network
     its ``run_info`` describes, or a VAE other than the checkpoint's.
     """
-    from medsymmflow.engines.handlers import RunInfo, load_checkpoint
     from medsymmflow.networks import build_network, create_ema, load_vae
 
     ckpt = load_checkpoint(path, map_location=device)
@@ -365,3 +334,51 @@ def load_generator(
         raise ValueError(f"checkpoint {path}: cannot rebuild its network ({type(e).__name__}: {e})") from e
     net = net.to(device).eval().requires_grad_(False)
     return LoadedGenerator(network=net, codebook=codebook, run_info=dict(info), codec=codec)
+
+
+def default_samples_dir(ckpt: str | os.PathLike) -> Path:
+    """``runs/<flag>/samples`` for ``runs/<flag>/checkpoints/best.pt``; ``<folder>/samples`` otherwise."""
+    ckpt = Path(ckpt)
+    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    return run_dir / "samples"
+
+
+def sample_checkpoint(
+    ckpt: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    num_per_class: int = 16,
+    steps: int = 25,
+    method: str = "euler",
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    beta: float | None = None,
+    vae: str | os.PathLike | None = None,
+    progress: bool = True,
+    generator: LoadedGenerator | None = None,
+) -> SavedSamples:
+    """Generate ``num_per_class`` images of every class from a bundle checkpoint and write them (:func:`save_samples`).
+
+    ``output_dir`` defaults to ``samples/`` in the checkpoint's run folder (:func:`default_samples_dir`);
+    ``beta=None`` takes the checkpoint's dequantization (0 = clean code when it has none). Folders are
+    named after medmnist's class names when the checkpoint's flag is a MedMNIST dataset. This is what
+    ``medsymmflow sample`` and the inference bundle's ``sampling`` section run. ``generator``: ``ckpt``
+    already loaded with :func:`load_generator` (then ``device`` and ``vae`` are its own).
+    """
+    from medsymmflow.checks import available_device, positive_int
+    from medsymmflow.data.medmnist import medmnist_class_names
+
+    # before the checkpoint is read: torch blames the file for a device this machine lacks
+    available_device(device, "device")
+    for name, value in (("num_per_class", num_per_class), ("steps", steps), ("batch_size", batch_size)):
+        positive_int(value, name)
+    gen = load_generator(ckpt, device=device, vae=vae) if generator is None else generator
+    beta = float(gen.run_info.get("beta", 0.0)) if beta is None else float(beta)
+    images, labels = generate_per_class(
+        gen.network, gen.codebook, gen.image_channels, int(num_per_class), steps=int(steps), method=method,
+        seed=int(seed), batch_size=int(batch_size), spatial_size=(gen.size, gen.size), progress=progress, beta=beta,
+        codec=gen.codec,
+    )
+    out_dir = Path(output_dir) if output_dir else default_samples_dir(ckpt)
+    class_names = medmnist_class_names(str(gen.run_info["flag"]), gen.codebook.num_classes)
+    return save_samples(images, labels, out_dir, class_names=class_names)

@@ -18,7 +18,7 @@ from medsymmflow.cli import main
 from medsymmflow.codes import ClassCodebook
 from medsymmflow.data import write_synthetic_medmnist
 from medsymmflow.deploy import export_classifier, read_metadata
-from medsymmflow.engines.handlers import RunInfo
+from medsymmflow.io import RunInfo
 from medsymmflow.inferers import SymmFlowClassifier
 from medsymmflow.networks import build_network, create_ema
 

@@ -17,11 +17,9 @@ from medsymmflow.engines import (
     AtomicCheckpointSaver,
     EMAUpdate,
     EpochSeedHandler,
-    RunInfo,
     TrainingBudget,
-    atomic_write,
-    load_checkpoint,
 )
+from medsymmflow.io import RunInfo, atomic_write, load_checkpoint
 from medsymmflow.networks import create_ema
 
 

@@ -57,7 +57,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A valid tiny pneumoniamnist checkpoint and broken variants of it (written in-process, no training)."""
-    from medsymmflow.engines import RunInfo
+    from medsymmflow.io import RunInfo
     from medsymmflow.networks import build_network, create_ema
 
     d = tmp_path_factory.mktemp("ckpt")
@@ -265,7 +265,7 @@ def test_check_settings_uses_the_library_checks() -> None:
 
 
 def test_load_checkpoint_messages(checkpoints: dict[str, Path]) -> None:
-    from medsymmflow.engines.handlers import load_checkpoint
+    from medsymmflow.io import load_checkpoint
     from medsymmflow.networks import build_network, create_ema
 
     load_dict = {"run_info": object(), "ema": create_ema(build_network("tiny", 1, 3))}

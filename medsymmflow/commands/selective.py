@@ -1,14 +1,13 @@
 """``medsymmflow selective``: selective-prediction and calibration report from a bundle's predictions.csv.
 
 Writes ``selective_metrics.json``, ``accuracy_rejection.png`` and ``reliability.png``; the work is done by
-:mod:`medsymmflow.metrics.report` so bundles can produce the same report without the CLI.
+:func:`medsymmflow.reports.selective.make_selective_report`, which the bundles call directly.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Sequence
 
 __all__ = ["add_arguments", "run"]
@@ -43,40 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report, write its three files and print a short summary; returns the exit code."""
-    from medsymmflow.metrics.report import (
-        VAL_PREDICTIONS_FILE,
-        dataset_name,
-        load_predictions,
-        resolve_predictions_path,
-        selective_report,
-        write_selective_report,
-    )
+    from medsymmflow.reports.selective import make_selective_report
 
     if args.bins < 1:
         raise ValueError(f"--bins must be >= 1, got {args.bins}")
-    pred_path = resolve_predictions_path(args.predictions)
-    val_path = Path(args.val_predictions) if args.val_predictions else None
-    notes = []
-    if val_path is None and (pred_path.parent / VAL_PREDICTIONS_FILE).is_file():
-        if args.temperature is None:
-            val_path = pred_path.parent / VAL_PREDICTIONS_FILE
-        else:  # an explicit --temperature is the user's choice over a file found by convention
-            notes.append(f"{pred_path.parent / VAL_PREDICTIONS_FILE} ignored: --temperature {args.temperature:g} was given")
-    if val_path is not None and val_path.resolve() == pred_path.resolve():
-        raise ValueError(f"the validation file is the predictions file itself: {val_path}")
-
-    report = selective_report(
-        load_predictions(pred_path),
-        val_predictions=load_predictions(val_path) if val_path is not None else None,
-        baseline=load_predictions(args.baseline) if args.baseline else None,
-        scores=args.scores.split(","),
-        temperature=args.temperature,
-        n_bins=args.bins,
-        dataset=dataset_name(pred_path),
+    report, paths = make_selective_report(
+        args.predictions, val_predictions=args.val_predictions, baseline=args.baseline, output_dir=args.output_dir,
+        scores=args.scores, temperature=args.temperature, bins=args.bins,
     )
-    report["medsymmflow"]["notes"].extend(notes)
-    out_dir = Path(args.output_dir) if args.output_dir else pred_path.parent
-    paths = write_selective_report(report, out_dir)
 
     for w in report["warnings"]:
         print(f"medsymmflow selective: warning: {w}", file=sys.stderr)
@@ -114,7 +87,7 @@ def _print_summary(report: dict) -> None:
 
 
 def main(argv: Sequence[str]) -> int:
-    """Run the command from a list of arguments, raising errors (for bundles: ``$...selective.main([...])``)."""
+    """Run the command from a list of arguments, raising errors (bundles call :func:`~medsymmflow.reports.selective.make_selective_report`)."""
     parser = argparse.ArgumentParser(prog="medsymmflow selective")
     add_arguments(parser)
     return run(parser.parse_args(list(argv)))

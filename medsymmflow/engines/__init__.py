@@ -7,11 +7,8 @@ from medsymmflow.engines.handlers import (
     AtomicDiskSaver,
     EMAUpdate,
     EpochSeedHandler,
-    RunInfo,
     SafeCheckpointLoader,
     TrainingBudget,
-    atomic_write,
-    load_checkpoint,
 )
 from medsymmflow.engines.report import ClassificationReport, InferenceReport
 from medsymmflow.engines.resume import StopOnSignal, resume_checkpoint
@@ -25,15 +22,12 @@ __all__ = [
     "EMAUpdate",
     "EpochSeedHandler",
     "InferenceReport",
-    "RunInfo",
     "SafeCheckpointLoader",
     "StopOnSignal",
     "SymmFlowEvaluator",
     "SymmFlowTrainer",
     "TrainingBudget",
     "VAEExport",
-    "atomic_write",
     "kl_divergence",
-    "load_checkpoint",
     "resume_checkpoint",
 ]

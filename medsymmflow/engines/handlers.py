@@ -1,10 +1,9 @@
-"""Small ignite handlers the bundles wire in: per-epoch seeding, atomic checkpoints, run identity."""
+"""Small ignite handlers the bundles wire in: per-epoch seeding, atomic checkpoints, checked checkpoint loading, the training budget, EMA."""
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -17,20 +16,15 @@ from ignite.handlers import DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import set_determinism
 
-from medsymmflow.checks import available_device
-from medsymmflow.io import atomic_open, atomic_write
+from medsymmflow.io import atomic_open, check_checkpoint, load_checkpoint
 
 __all__ = [
     "EMAUpdate",
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
     "EpochSeedHandler",
-    "RunInfo",
     "SafeCheckpointLoader",
     "TrainingBudget",
-    "atomic_write",
-    "check_checkpoint",
-    "load_checkpoint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -197,125 +191,6 @@ class AtomicCheckpointSaver(CheckpointSaver):
         self._key_metric_checkpoint.load_state_dict({"_saved": [tuple(item) for item in state_dict.get("saved", [])]})
         epoch = state_dict.get("best_epoch")
         self._best_epoch = None if epoch is None else int(epoch)
-
-
-class RunInfo:
-    """What a checkpoint was trained on; loading a checkpoint of another dataset, codebook or VAE fails clearly.
-
-    ``vae`` is optional: ``"none"`` for a pixel-space run, the :attr:`LatentCodec.identity` of a latent
-    one; checkpoints written before it existed count as ``"none"``. Other extra keys are stored, not checked.
-    """
-
-    KEYS = ("flag", "num_classes", "code_kind", "image_channels", "code_channels", "size", "net_preset")
-    OPTIONAL = {"vae": "none"}
-
-    def __init__(self, **info: Any) -> None:
-        missing = [k for k in self.KEYS if k not in info]
-        if missing:
-            raise ValueError(f"RunInfo needs {', '.join(missing)}")
-        info = self.OPTIONAL | {k: v for k, v in info.items() if not (k in self.OPTIONAL and v is None)}
-        self.info = {k: info[k] for k in self.KEYS} | {k: v for k, v in info.items() if k not in self.KEYS}
-
-    def state_dict(self) -> dict[str, Any]:
-        """The run identity as plain values (safe for ``torch.load(weights_only=True)``)."""
-        return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in self.info.items()}
-
-    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> None:
-        """Check that a checkpoint's run identity matches this run; raise ValueError naming the difference."""
-        if not isinstance(state, Mapping) or not any(k in state for k in self.KEYS):
-            raise ValueError(
-                "the checkpoint's run identity (run_info) is empty or not a dict; it was not written by a medsymmflow bundle"
-            )
-        expected = {k: state.get(k) for k in self.KEYS} | {k: state.get(k, v) for k, v in self.OPTIONAL.items()}
-        diffs = [
-            f"{k}: checkpoint {v!r} vs this run {self.info[k]!r}" for k, v in expected.items() if str(v) != str(self.info[k])
-        ]
-        if diffs:
-            raise ValueError(
-                "the checkpoint was trained for a different dataset, codebook or VAE ("
-                + "; ".join(diffs)
-                + "). Point --ckpt_path at a checkpoint of this dataset or change the overrides to match it."
-            )
-
-
-def _unreadable(path: Path, exc: Exception) -> ValueError:
-    """A ValueError saying why ``path`` is no weights-only torch checkpoint, never relaying torch's advice.
-
-    torch's own message for a file it refuses suggests retrying with ``weights_only=False``, which would
-    run whatever code the file holds: medsymmflow never does that, so the message is not passed on.
-    """
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-    if found:
-        return ValueError(
-            f"checkpoint {path} holds pickled Python objects ({found.group(1)}), not only tensors and plain values; "
-            "medsymmflow loads weights only and never runs code from a file"
-        )
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if not head:
-        reason = "it is empty"
-    elif head.startswith(b"PK"):
-        reason = "its zip archive is truncated or damaged"
-    else:
-        reason = "it is not a torch checkpoint (neither a zip archive nor a pickle of tensors)"
-    return ValueError(f"checkpoint {path} could not be read: {reason}; use a .pt file a medsymmflow bundle wrote")
-
-
-def check_checkpoint(checkpoint: Mapping[str, Any], load_dict: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Raise ValueError naming ``path`` when ``checkpoint`` lacks an entry of ``load_dict`` or a network's tensors differ in shape."""
-    if not isinstance(checkpoint, Mapping):
-        raise ValueError(f"checkpoint {path} holds a {type(checkpoint).__name__}, not the dict of states a medsymmflow bundle writes")
-    missing = [k for k in load_dict if k not in checkpoint]
-    if "run_info" in missing:
-        raise ValueError(
-            f"checkpoint {path} has no run identity (run_info: dataset, codebook, network preset); it was not written "
-            "by a medsymmflow bundle, so it cannot be checked against this run"
-        )
-    if missing:
-        raise ValueError(f"checkpoint {path} lacks {', '.join(map(repr, missing))} (it holds {', '.join(map(repr, checkpoint))})")
-    for key, obj in load_dict.items():
-        if not isinstance(obj, torch.nn.Module):
-            continue
-        stored = checkpoint[key]
-        if not isinstance(stored, Mapping):
-            raise ValueError(f"checkpoint {path}: {key!r} is a {type(stored).__name__}, not a state dict")
-        expected = obj.state_dict()
-        absent = [k for k in expected if k not in stored]
-        extra = [k for k in stored if k not in expected]
-        if absent or extra:
-            raise ValueError(
-                f"checkpoint {path}: {key!r} does not fit this network ({len(absent)} tensor(s) missing, e.g. "
-                f"{(absent or ['-'])[0]}; {len(extra)} unexpected, e.g. {(extra or ['-'])[0]}); check --net_preset"
-            )
-        for name, tensor in expected.items():
-            value = stored[name]
-            if isinstance(value, torch.Tensor) and value.shape != tensor.shape:
-                raise ValueError(
-                    f"checkpoint {path}: {key}.{name} has shape {tuple(value.shape)} but this network's has "
-                    f"{tuple(tensor.shape)}; check --net_preset and the dataset settings"
-                )
-
-
-def load_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu", load_dict: Mapping[str, Any] | None = None
-) -> dict[str, Any]:
-    """``torch.load(weights_only=True)`` with one clear error for a missing, corrupt or foreign file.
-
-    The device is checked first (a CUDA map_location without a GPU is the machine's problem, not the
-    file's); with ``load_dict`` the entries and network shapes are checked too (see :func:`check_checkpoint`).
-    """
-    path = Path(path)
-    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-        available_device(map_location)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated / foreign files
-        raise _unreadable(path, e) from None
-    if load_dict is not None:
-        check_checkpoint(checkpoint, load_dict, path)
-    return checkpoint
 
 
 class SafeCheckpointLoader(CheckpointLoader):

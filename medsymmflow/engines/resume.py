@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import torch
 from ignite.engine import Engine, Events
 
-from medsymmflow.engines.handlers import load_checkpoint
+from medsymmflow.io import load_checkpoint
 
 __all__ = ["StopOnSignal", "resume_checkpoint"]
 

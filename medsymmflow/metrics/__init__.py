@@ -60,32 +60,8 @@ __all__ = [
     "uncertainty_score",
 ]
 
-# Report and plots (appended): predictions.csv -> selective_metrics.json + PNGs.
-from medsymmflow.metrics.plots import plot_accuracy_rejection, plot_reliability  # noqa: E402
-from medsymmflow.metrics.report import (  # noqa: E402
-    MEDSYMMFLOW_SCORES,
-    Predictions,
-    dataset_name,
-    load_predictions,
-    resolve_predictions_path,
-    selective_report,
-    write_selective_report,
-)
-
-__all__ += [
-    "MEDSYMMFLOW_SCORES",
-    "Predictions",
-    "dataset_name",
-    "load_predictions",
-    "plot_accuracy_rejection",
-    "plot_reliability",
-    "resolve_predictions_path",
-    "selective_report",
-    "write_selective_report",
-]
-
 # Generation quality (appended): offline FID and the classification accuracy score of generated images.
-from medsymmflow.metrics.cas import classification_accuracy_score, load_resnet_classifier  # noqa: E402
+from medsymmflow.metrics.cas import classification_accuracy_score  # noqa: E402
 from medsymmflow.metrics.fid import (  # noqa: E402
     InceptionFeatures,
     ReferenceFID,
@@ -103,5 +79,4 @@ __all__ += [
     "find_inception_file",
     "inception_available",
     "load_inception",
-    "load_resnet_classifier",
 ]

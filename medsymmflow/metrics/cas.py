@@ -5,22 +5,21 @@ sees them: generate images per class, classify them with a classifier trained on
 split, report the accuracy overall and per class. High FID with high CAS means images that are
 off-distribution but class-faithful; low CAS means the conditioning is ignored or confused.
 (This is the "real-trained classifier on generated data" reading of CAS; Ravuri & Vinyals'
-original trains on generated data and tests on real.)
+original trains on generated data and tests on real.) The classifier is any callable; the ResNet-18
+baseline's weights load with :func:`medsymmflow.baselines.load_resnet_classifier`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from medsymmflow.generation import check_uint8_images, to_float_images
+from medsymmflow.io import check_uint8_images, to_float_images
 
-__all__ = ["classification_accuracy_score", "load_resnet_classifier"]
+__all__ = ["Classifier", "classification_accuracy_score"]
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 
@@ -74,36 +73,3 @@ def classification_accuracy_score(
         "counts": counts.tolist(),
         "num_samples": int(labels.numel()),
     }
-
-
-def load_resnet_classifier(
-    path: str | os.PathLike,
-    in_channels: int,
-    num_classes: int,
-    small_input: bool = True,
-    device: str | torch.device = "cpu",
-) -> Classifier:
-    """The ResNet-18 baseline's ``model.pt`` as a callable ``(B, C, H, W) in [-1, 1] -> (B, K)`` softmax probabilities."""
-    from medsymmflow.baselines.resnet import build_resnet18, predict_probabilities
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"classifier weights not found: {path} (the ResNet-18 baseline writes model.pt)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated / foreign files
-        raise ValueError(f"classifier weights {path} could not be read ({type(e).__name__}: {e})") from e
-    model = build_resnet18(int(in_channels), int(num_classes), small_input=small_input)
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as e:
-        raise ValueError(
-            f"classifier weights {path} do not fit a ResNet-18 with {in_channels} input channels and "
-            f"{num_classes} classes (small_input={small_input}): was it trained on another dataset? ({e})"
-        ) from e
-    model = model.to(device).eval()
-
-    def classify(images: torch.Tensor) -> torch.Tensor:
-        return predict_probabilities(model, images, device=device)
-
-    return classify

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medsymmflow.generation import check_uint8_images, to_float_images
+from medsymmflow.io import check_uint8_images, to_float_images
 
 __all__ = [
     "INCEPTION_ENV",
@@ -165,7 +165,7 @@ class _CheckedFeatures(nn.Module):
 class ReferenceFID:
     """FID of image sets against one fixed set of real images, whose features are extracted only once.
 
-    Images are uint8 ``(N, H, W, C)`` (see :func:`medsymmflow.generation.to_uint8_images`); the
+    Images are uint8 ``(N, H, W, C)`` (see :func:`medsymmflow.io.to_uint8_images`); the
     extractor receives float ``(B, C, H, W)`` batches in [-1, 1] and returns ``(B, d)``. ``None``
     loads the offline Inception V3 (:func:`load_inception`).
     """

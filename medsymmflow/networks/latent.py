@@ -35,7 +35,7 @@ import torch
 from monai.networks.nets import AutoencoderKL
 from torch import nn
 
-from medsymmflow.io import atomic_write
+from medsymmflow.io import atomic_write, load_checkpoint
 
 __all__ = [
     "SD_SCALE_FACTOR",
@@ -358,8 +358,6 @@ def save_vae(path: str | os.PathLike, vae: PresetAutoencoderKL | LatentCodec, sc
 
 
 def _load_package_vae(path: Path, scale_factor: float | None) -> LatentCodec:
-    from medsymmflow.engines.handlers import load_checkpoint
-
     try:
         payload = load_checkpoint(path)
     except (FileNotFoundError, ValueError) as e:

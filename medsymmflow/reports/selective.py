@@ -9,7 +9,8 @@ uncertainty, score_0..score_{K-1}`` where ``score_k`` are softmax probabilities 
 :func:`load_predictions` reads and checks one file, :func:`selective_report` turns the files into one
 JSON-ready dict (selective metrics per decision and uncertainty score, calibration of
 ``softmax(-d / tau)``, the baseline in the same structure), and :func:`write_selective_report` writes
-``selective_metrics.json``, ``accuracy_rejection.png`` and ``reliability.png``.
+``selective_metrics.json``, ``accuracy_rejection.png`` and ``reliability.png``; :func:`make_selective_report`
+does all three from file paths (what ``medsymmflow selective`` and the bundles' ``evaluation#selective`` run).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ __all__ = [
     "Predictions",
     "dataset_name",
     "load_predictions",
+    "make_selective_report",
     "resolve_predictions_path",
     "selective_report",
     "write_selective_report",
@@ -493,7 +495,7 @@ def write_selective_report(
 ) -> dict[str, Path]:
     """Write ``selective_metrics.json``, ``accuracy_rejection.png`` and ``reliability.png`` atomically to ``output_dir``."""
     from medsymmflow.io import atomic_write
-    from medsymmflow.metrics.plots import plot_accuracy_rejection, plot_reliability
+    from medsymmflow.reports.plots import plot_accuracy_rejection, plot_reliability
 
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
@@ -514,3 +516,45 @@ def write_selective_report(
 
 def _title(kind: str, dataset: str | None) -> str:
     return f"{dataset}: {kind}" if dataset else kind
+
+
+def make_selective_report(
+    predictions: str | os.PathLike,
+    val_predictions: str | os.PathLike | None = None,
+    baseline: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    scores: Sequence[str] | str = MEDSYMMFLOW_SCORES,
+    temperature: float | None = None,
+    bins: int = 15,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """Read the prediction files, build the report and write its three files; returns the report and their paths.
+
+    ``predictions``: a ``predictions.csv`` or the folder holding it. Without ``val_predictions``, a
+    ``val_predictions.csv`` next to it fits tau unless ``temperature`` is given (then the file is
+    ignored, with a note). ``scores``: names or a comma-separated string. ``output_dir`` defaults to
+    the predictions' folder.
+    """
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
+    pred_path = resolve_predictions_path(predictions)
+    val_path = Path(val_predictions) if val_predictions else None
+    notes = []
+    if val_path is None and (pred_path.parent / VAL_PREDICTIONS_FILE).is_file():
+        if temperature is None:
+            val_path = pred_path.parent / VAL_PREDICTIONS_FILE
+        else:  # an explicit temperature is the user's choice over a file found by convention
+            notes.append(f"{pred_path.parent / VAL_PREDICTIONS_FILE} ignored: temperature {temperature:g} was given")
+    if val_path is not None and val_path.resolve() == pred_path.resolve():
+        raise ValueError(f"the validation file is the predictions file itself: {val_path}")
+    report = selective_report(
+        load_predictions(pred_path),
+        val_predictions=load_predictions(val_path) if val_path is not None else None,
+        baseline=load_predictions(baseline) if baseline else None,
+        scores=scores.split(",") if isinstance(scores, str) else list(scores),
+        temperature=temperature,
+        n_bins=bins,
+        dataset=dataset_name(pred_path),
+    )
+    report["medsymmflow"]["notes"].extend(notes)
+    paths = write_selective_report(report, Path(output_dir) if output_dir else pred_path.parent)
+    return report, paths
