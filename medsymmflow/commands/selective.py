@@ -43,14 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build the report, write its three files and print a short summary; returns the exit code."""
-    from medsymmflow.metrics.report import (
-        VAL_PREDICTIONS_FILE,
-        dataset_name,
-        load_predictions,
-        resolve_predictions_path,
-        selective_report,
-        write_selective_report,
-    )
+    from medsymmflow.metrics.report import dataset_name, selective_report, write_selective_report
+    from medsymmflow.reports.predictions import VAL_PREDICTIONS_FILE, load_predictions, resolve_predictions_path
 
     if args.bins < 1:
         raise ValueError(f"--bins must be >= 1, got {args.bins}")
