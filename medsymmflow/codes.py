@@ -124,19 +124,16 @@ def decision_scores(scores: torch.Tensor, labels: torch.Tensor, counts: torch.Te
             raise ValueError(f"counts must have the shape of the scores {tuple(scores.shape)}, got {tuple(counts.shape)}")
         total = counts.sum(dim=1, keepdim=True).to(scores.dtype)
         scores = (counts.to(scores.dtype) + scores) / (total + 1)
-    rows = (scores.argmax(dim=1) != labels).nonzero()[:, 0]
-    if rows.numel() == 0:
-        return scores
-    scores = scores.clone()
-    top = scores[rows].argmax(dim=1)
-    decided, best = scores[rows, labels[rows]], scores[rows, top]
-    scores[rows, top], scores[rows, labels[rows]] = decided, best
+    # branch-free, so that the traced deployment classifier (medsymmflow.deploy) keeps the fix for every batch
+    labels = labels[:, None].to(scores.device)
+    top = scores.argmax(dim=1, keepdim=True)
+    wrong = top != labels
+    decided, best = scores.gather(1, labels), scores.gather(1, top)
+    scores = scores.scatter(1, top, torch.where(wrong, decided, best)).scatter(1, labels, best)
     # the decided class now holds the maximum; an equal value at a lower index would still win argmax
-    tied = scores.argmax(dim=1) != labels
-    if tied.any():
-        idx = tied.nonzero()[:, 0]
-        scores[idx, labels[idx]] = torch.nextafter(scores[idx, labels[idx]], torch.full_like(scores[idx, 0], float("inf")))
-    return scores
+    tied = scores.argmax(dim=1, keepdim=True) != labels
+    raised = torch.nextafter(best, torch.full_like(best, float("inf")))
+    return scores.scatter(1, labels, torch.where(tied, raised, best))
 
 
 class ClassCodebook:
