@@ -17,7 +17,9 @@ A codebook holds ``K`` code vectors of ``C`` channels in ``[-1, 1]``:
 Decoding takes the predicted code mask, measures the L2 distance to every code and picks the
 nearest one: ``mean`` averages the mask over space first (the papers' rule for classification),
 ``mode`` takes the most common per-pixel nearest class, ``pixel`` keeps the per-pixel decision
-(segmentation). The distance to the chosen code is the uncertainty.
+(segmentation). The distance to the chosen code is the uncertainty. Counting decisions (``mode`` over
+pixels, the classifier's ``vote`` over noise draws) share one rule, :func:`majority_class`: most
+counts, then the smaller mean distance, then the lower class index.
 
 Per-class scores for AUC (:meth:`ClassCodebook.class_scores`): ``softmax`` is ``softmax(-d / tau)``
 of the distances; ``posterior`` reads the class posterior ``p`` back from the mean code: the code
@@ -25,7 +27,8 @@ mean of a one-step prediction estimates ``sum_k p_k c_k``, and when the codes ar
 independent (``onehot``; ``gray`` with 2 classes; up to ``C + 1`` generic codes) its barycentric
 coordinates are ``p``, computable from the distances alone. ``softmax`` ranks an image's score for
 class ``k`` partly by how far the code mean sits from the other codes, which blurs the per-class
-ranking that AUC measures; ``posterior`` does not.
+ranking that AUC measures; ``posterior`` does not. :func:`decision_scores` turns either into the
+scores a report writes, whose argmax is the decided class for every decision.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ __all__ = [
     "ClassCodebook",
     "CodebookDecoding",
     "beta_to_amplitude",
+    "decision_scores",
+    "majority_class",
 ]
 
 CODE_KINDS = ("gray", "rgb", "palette", "onehot")
@@ -70,11 +75,65 @@ class CodebookDecoding:
     ``labels``: (B,) for ``mean``/``mode``, (B, *spatial) for ``pixel``.
     ``distances``: (B, K) distance to every code (``pixel``: (B, K, *spatial)).
     ``uncertainty``: distance to the chosen code, same shape as ``labels``.
+    ``counts``: (B, K) pixels nearest each code for ``mode`` (what the decision counted), else ``None``.
     """
 
     labels: torch.Tensor
     distances: torch.Tensor
     uncertainty: torch.Tensor
+    counts: torch.Tensor | None = None
+
+
+def majority_class(counts: torch.Tensor, distances: torch.Tensor) -> torch.Tensor:
+    """The class with the most ``counts`` (B, K); ties go to the smaller ``distances`` (B, K), then the lower index.
+
+    The one tie rule of the counting decisions: ``mode`` (pixels per class) and the classifier's
+    ``vote`` (noise draws per class).
+    """
+    counts, distances = torch.as_tensor(counts), torch.as_tensor(distances)
+    if counts.shape != distances.shape or counts.ndim != 2:
+        raise ValueError(f"counts and distances must both have shape (B, K), got {tuple(counts.shape)} and {tuple(distances.shape)}")
+    most = counts == counts.max(dim=1, keepdim=True).values
+    return distances.masked_fill(~most, float("inf")).argmin(dim=1)  # argmin returns the first of equal minima
+
+
+def decision_scores(scores: torch.Tensor, labels: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-class scores ``(B, K)`` ranked the way the decision ranks the classes, so their argmax is ``labels``.
+
+    ``scores``: the mean-distance scores of :meth:`ClassCodebook.class_scores` (softmax or posterior, rows
+    summing to 1); ``labels``: the decided classes; ``counts``: what a counting decision counted per
+    class (``vote``: noise draws, ``mode``: pixels), ``None`` for ``mean``. Rule:
+
+    * ``mean`` (no counts): the scores themselves.
+    * counting decisions: ``(counts_k + scores_k) / (n + 1)`` with ``n`` the row's total count, i.e. ranked
+      first by the counts and then by the mean-distance score, as :func:`majority_class` breaks ties; the
+      rows still sum to 1 (medmnist's binary ACC thresholds ``score_1`` at 0.5).
+
+    Where the argmax is then still not the decided class (posterior scores order two classes unlike the
+    distances for codes that are not equidistant, an overshooting posterior, or equal values in floating
+    point), the decided class's entry is swapped with the row's maximum and, if another class still ties
+    it, raised to the next representable value above. The default recipe (``mean``, ``softmax``) comes out
+    unchanged.
+    """
+    scores, labels = torch.as_tensor(scores), torch.as_tensor(labels).long().reshape(-1)
+    if scores.ndim != 2 or scores.shape[0] != labels.shape[0]:
+        raise ValueError(f"scores (B, K) and labels (B,) disagree: {tuple(scores.shape)} vs {tuple(labels.shape)}")
+    if counts is not None:
+        counts = torch.as_tensor(counts).to(device=scores.device)
+        if counts.shape != scores.shape:
+            raise ValueError(f"counts must have the shape of the scores {tuple(scores.shape)}, got {tuple(counts.shape)}")
+        total = counts.sum(dim=1, keepdim=True).to(scores.dtype)
+        scores = (counts.to(scores.dtype) + scores) / (total + 1)
+    # branch-free, so that the traced deployment classifier (medsymmflow.deploy) keeps the fix for every batch
+    labels = labels[:, None].to(scores.device)
+    top = scores.argmax(dim=1, keepdim=True)
+    wrong = top != labels
+    decided, best = scores.gather(1, labels), scores.gather(1, top)
+    scores = scores.scatter(1, top, torch.where(wrong, decided, best)).scatter(1, labels, best)
+    # the decided class now holds the maximum; an equal value at a lower index would still win argmax
+    tied = scores.argmax(dim=1, keepdim=True) != labels
+    raised = torch.nextafter(best, torch.full_like(best, float("inf")))
+    return scores.scatter(1, labels, torch.where(tied, raised, best))
 
 
 class ClassCodebook:
@@ -271,9 +330,9 @@ class ClassCodebook:
         if decision == "pixel":
             return CodebookDecoding(labels=pix_labels, distances=d_pix, uncertainty=pix_unc)
         counts = torch.nn.functional.one_hot(pix_labels.flatten(1), self.num_classes).sum(1)  # (B, K)
-        labels = counts.argmax(dim=1)  # ties go to the lower class index
         d = d_pix.flatten(2).mean(-1)  # mean per-pixel distance to each code
-        return CodebookDecoding(labels=labels, distances=d, uncertainty=d.gather(1, labels[:, None])[:, 0])
+        labels = majority_class(counts, d)
+        return CodebookDecoding(labels=labels, distances=d, uncertainty=d.gather(1, labels[:, None])[:, 0], counts=counts)
 
     @functools.cached_property
     def affinely_independent(self) -> bool:

@@ -13,7 +13,7 @@ How it is built, and why:
 * The classification itself is the library's own code: :class:`~medsymmflow.inferers.SymmFlowClassifier`
   (reverse ODE steps from ``(image, noise_y)``, nearest-code decoding, distance = uncertainty) and
   :meth:`ClassCodebook.class_scores <medsymmflow.codes.ClassCodebook.class_scores>` (softmax of negative
-  distances or the code posterior). These are not TorchScript-compilable (MONAI's DiffusionModelUNet,
+  distances or the code posterior) ranked as the decision ranks the classes (:func:`~medsymmflow.codes.decision_scores`). These are not TorchScript-compilable (MONAI's DiffusionModelUNet,
   a plain-Python codebook), so they are **traced** with the label noise as an explicit input: the
   trace records the tensor operations of exactly the code the bundle runs, with the batch size left
   dynamic (the export checks the file on a batch size other than the trace's).
@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from medsymmflow.codes import DECISIONS, ClassCodebook
+from medsymmflow.codes import DECISIONS, ClassCodebook, decision_scores
 from medsymmflow.data.medmnist import medmnist_class_names
 from medsymmflow.flow.solver import FIXED_STEP_METHODS
 from medsymmflow.generation import load_generator
@@ -75,7 +75,8 @@ class _TracedClassification(nn.Module):
     def forward(self, image: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Classify ``image`` starting from the label noise ``noise``."""
         result = self.classifier(image, self.network, noise=noise)
-        scores = self.classifier.codebook.class_scores(result.distances, self.score, self.temperature)
+        base = self.classifier.codebook.class_scores(result.distances, self.score, self.temperature)
+        scores = decision_scores(base, result.labels, result.counts)
         return result.labels, scores.float(), result.uncertainty.float()
 
 

@@ -23,7 +23,7 @@ import torch
 from monai.inferers import Inferer
 
 from medsymmflow.checks import one_of, positive_int
-from medsymmflow.codes import ClassCodebook
+from medsymmflow.codes import ClassCodebook, majority_class
 from medsymmflow.flow.solver import SymmFlowSolver, check_method
 from medsymmflow.networks.latent import LatentCodec
 from medsymmflow.precision import autocast_context, resolve_autocast
@@ -38,11 +38,12 @@ INFERER_DECISIONS = ("mean", "mode", "vote", "pixel")
 class ClassificationResult:
     """Decoded predictions for a batch of ``B`` images over ``K`` classes and ``R`` noise draws."""
 
-    labels: torch.Tensor  # (B,) nearest class of the draw-averaged code
-    distances: torch.Tensor  # (B, K) distance of the draw-averaged code to every class code
-    uncertainty: torch.Tensor  # (B,) distance to the predicted class code
+    labels: torch.Tensor  # (B,) the decided class (mean: nearest code of the draw-averaged code)
+    distances: torch.Tensor  # (B, K) distance to every class code (vote: mean over draws; mode: mean over pixels)
+    uncertainty: torch.Tensor  # (B,) distance to the decided class's code
     draw_distances: torch.Tensor  # (R, B, K) distances of each draw on its own
     code: torch.Tensor  # (B, C, *spatial) draw-averaged predicted code mask
+    counts: torch.Tensor | None = None  # (B, K) what a counting decision counted: vote draws, mode pixels
 
 
 def _check_image(inputs: torch.Tensor) -> None:
@@ -118,7 +119,9 @@ class SymmFlowClassifier(_ReverseInferer):
     """Image -> class with ``steps`` reverse ODE steps averaged over ``num_draws`` label-noise draws.
 
     ``decision``: ``mean`` / ``mode`` decode the draw-averaged code (the papers' rule); ``vote`` decodes
-    every draw and takes the majority class. ``autocast`` (``none`` / ``auto`` / ``bfloat16`` /
+    every draw and takes the majority class (ties by :func:`~medsymmflow.codes.majority_class`: the smaller
+    mean distance). The result's ``counts`` (votes, or pixels for ``mode``) rank the classes for
+    :func:`~medsymmflow.codes.decision_scores`. ``autocast`` (``none`` / ``auto`` / ``bfloat16`` /
     ``float16``, see :mod:`medsymmflow.precision`) runs the network in mixed precision.
     """
 
@@ -146,10 +149,9 @@ class SymmFlowClassifier(_ReverseInferer):
             per_draw = torch.stack([self.codebook.decode(c, "mean").distances for c in codes])
             votes = torch.nn.functional.one_hot(per_draw.argmin(-1), self.codebook.num_classes).sum(0)
             distances = per_draw.mean(0)
-            # ties between equally voted classes go to the one with the smaller mean distance
-            labels = (votes.double() - distances.double() * 1e-6).argmax(1)
+            labels = majority_class(votes, distances)
             uncertainty = distances.gather(1, labels[:, None])[:, 0]
-            return ClassificationResult(labels, distances, uncertainty, per_draw, mean_code)
+            return ClassificationResult(labels, distances, uncertainty, per_draw, mean_code, counts=votes)
         summary = self.codebook.decode(mean_code, self.decision)
         per_draw = torch.stack([self.codebook.decode(c, self.decision).distances for c in codes])
         return ClassificationResult(
@@ -158,6 +160,7 @@ class SymmFlowClassifier(_ReverseInferer):
             uncertainty=summary.uncertainty,
             draw_distances=per_draw,
             code=mean_code,
+            counts=summary.counts,
         )
 
 

@@ -51,8 +51,9 @@ def test_run_writes_consistent_files(trained: tuple[dict, Path], data_dir: Path)
     npz = np.load(data_dir / "pneumoniamnist.npz")
     for split, name in (("test", "predictions.csv"), ("val", "val_predictions.csv")):
         header, table = _read_csv(out / name)
-        assert header == ["index", "label", "pred", "uncertainty", "score_0", "score_1"]
-        scores = table[:, 4:]
+        assert header == ["index", "label", "pred", "uncertainty", "score_0", "score_1", "schema_version"]
+        np.testing.assert_array_equal(table[:, -1], 2)
+        scores = table[:, 4:-1]
         np.testing.assert_array_equal(table[:, 0], np.arange(16))
         np.testing.assert_array_equal(table[:, 1], npz[f"{split}_labels"].reshape(-1))
         np.testing.assert_allclose(scores.sum(1), 1.0, atol=1e-6)
@@ -81,7 +82,7 @@ def test_model_file_holds_the_best_checkpoint(trained: tuple[dict, Path], data_d
     with torch.inference_mode():
         probs = torch.softmax(model.eval()(images), 1).numpy()
     _, table = _read_csv(out / "predictions.csv")
-    np.testing.assert_allclose(probs, table[:, 4:], atol=1e-5)
+    np.testing.assert_allclose(probs, table[:, 4:-1], atol=1e-5)
 
 
 def test_synthetic_task_is_learnt_beyond_chance(trained: tuple[dict, Path]) -> None:
@@ -126,8 +127,8 @@ def test_multiclass_rgb_run(tmp_path: Path) -> None:
         output_dir=tmp_path / "run",
     )
     header, table = _read_csv(tmp_path / "run" / "predictions.csv")
-    assert header[4:] == [f"score_{k}" for k in range(5)]
-    np.testing.assert_allclose(table[:, 4:].sum(1), 1.0, atol=1e-6)
+    assert header[4:] == [f"score_{k}" for k in range(5)] + ["schema_version"]
+    np.testing.assert_allclose(table[:, 4:-1].sum(1), 1.0, atol=1e-6)
     assert result["num_classes"] == 5 and result["config"]["augment"] is None
     assert result["test"]["medmnist"]["acc"] == pytest.approx(float((table[:, 1] == table[:, 2]).mean()), abs=1e-12)
 

@@ -142,6 +142,32 @@ def test_posterior_scores_keep_the_decisions_and_score_each_class_by_its_posteri
     assert metrics["runs"][0]["medmnist"]["auc"] == pytest.approx(roc_auc_score(labels, score[:, 1]), abs=1e-3)
 
 
+def test_vote_decision_through_the_evaluate_bundle_scores_the_decided_class(
+    trained: Path, data_dir: Path, tmp_path: Path
+) -> None:
+    from medmnist import Evaluator
+
+    out = tmp_path / "vote"
+    run_bundle(
+        ["bundles/pneumoniamnist/evaluate.json"],
+        *tiny(data_dir, out, "--ckpt_path", str(trained / "checkpoints/best.pt"), "--evaluation#decision", "vote",
+              "--evaluation#draws", "4", "--evaluation#runs", "2", "--evaluation#selective", "false"),
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["decision"] == "vote" and metrics["draws"] == 4
+    rows = read_csv(out / "predictions.csv")
+    assert {r["schema_version"] for r in rows} == {"2"}
+    labels = np.array([int(r["label"]) for r in rows])
+    pred = np.array([int(r["pred"]) for r in rows])
+    score = np.array([[float(r["score_0"]), float(r["score_1"])] for r in rows])
+    np.testing.assert_array_equal(score.argmax(1), pred)
+    # medmnist's Evaluator on the file's scores (binary: score_1 > 0.5) gives metrics.json's ACC and AUC
+    from_file = Evaluator("pneumoniamnist", "test", size=28, root=str(data_dir)).evaluate(score)
+    run0 = metrics["runs"][0]
+    assert from_file.ACC == run0["medmnist"]["acc"] == run0["torchmetrics"]["acc"] == pytest.approx((pred == labels).mean())
+    assert from_file.AUC == run0["medmnist"]["auc"]
+
+
 def test_inference_on_png_and_nifti_files(trained: Path, data_dir: Path, tmp_path: Path) -> None:
     import nibabel as nib
     from PIL import Image
@@ -188,7 +214,7 @@ def test_inference_on_png_gives_the_predictions_of_the_npz_path(trained: Path, d
     assert [Path(p["file"]).name for p in payload["predictions"]] == [f"case{i:02d}.png" for i in range(40)]
     npz = {int(r["index"]): r for r in npz_rows}
     expected = np.array([[float(npz[i]["dist_0"]), float(npz[i]["dist_1"])] for i in range(40)])
-    # equal up to the CSV's 6 significant digits; the 2-epoch model is nearly constant, so the transposed
+    # equal up to the CSV's 9 significant digits; the 2-epoch model is nearly constant, so the transposed
     # images of the old reader moved its distances by up to 1.3e-4 (relative), mostly by over 1e-5
     np.testing.assert_allclose([p["distances"] for p in payload["predictions"]], expected, rtol=1e-5, atol=0)
     assert [p["class"] for p in payload["predictions"]] == [int(npz[i]["pred"]) for i in range(40)]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from medsymmflow.cli import main
-from medsymmflow.codes import ClassCodebook
+from medsymmflow.codes import ClassCodebook, decision_scores
 from medsymmflow.data import write_synthetic_medmnist
 from medsymmflow.deploy import export_classifier, read_metadata
 from medsymmflow.io import RunInfo
@@ -70,7 +70,8 @@ def eager_outputs(ckpt: Path, images: torch.Tensor, steps: int, method: str, dra
     classifier = SymmFlowClassifier(loaded.codebook, steps=steps, method=method, num_draws=draws, decision=decision)
     with torch.no_grad():
         result = classifier(images, loaded.network, generator=torch.Generator().manual_seed(seed))
-    return result.labels, loaded.codebook.class_scores(result.distances, score, 0.1), result.uncertainty
+    scores = decision_scores(loaded.codebook.class_scores(result.distances, score, 0.1), result.labels, result.counts)
+    return result.labels, scores, result.uncertainty
 
 
 @pytest.mark.parametrize(

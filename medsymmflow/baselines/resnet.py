@@ -20,7 +20,6 @@ test split with torchmetrics and with medmnist's own Evaluator.
 from __future__ import annotations
 
 import copy
-import csv
 import io
 import json
 import logging
@@ -41,6 +40,7 @@ from medsymmflow.data.sampling import make_sampler
 from medsymmflow.io import atomic_write, json_safe
 from medsymmflow.metrics.classification import medmnist_metrics, torchmetrics_metrics
 from medsymmflow.precision import autocast_context, resolve_autocast
+from medsymmflow.reports.predictions import write_predictions
 
 __all__ = ["build_resnet18", "predict_probabilities", "train_resnet_baseline", "write_softmax_predictions"]
 
@@ -94,21 +94,13 @@ def predict_probabilities(
 
 
 def write_softmax_predictions(path: str | os.PathLike, probs: torch.Tensor, labels: torch.Tensor) -> Path:
-    """Write ``index,label,pred,uncertainty,score_0..score_{K-1}`` atomically; uncertainty = 1 - max softmax."""
+    """Write a predictions table (:mod:`medsymmflow.reports.predictions`) of softmax ``probs``; uncertainty = 1 - max softmax."""
     probs = torch.as_tensor(probs).double()
     labels = torch.as_tensor(labels).long().reshape(-1)
     if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
         raise ValueError(f"probs (N, K) and labels (N,) disagree: {tuple(probs.shape)} vs {tuple(labels.shape)}")
     confidence, pred = probs.max(dim=1)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["index", "label", "pred", "uncertainty"] + [f"score_{k}" for k in range(probs.shape[1])])
-    for i in range(probs.shape[0]):
-        writer.writerow(
-            [i, int(labels[i]), int(pred[i]), f"{1.0 - float(confidence[i]):.9g}"]
-            + [f"{float(p):.9g}" for p in probs[i]]
-        )
-    return atomic_write(path, buf.getvalue())
+    return write_predictions(path, labels=labels, pred=pred, uncertainty=1.0 - confidence, scores=probs)
 
 
 def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:

@@ -12,6 +12,7 @@ from monai.utils import CommonKeys as Keys
 from ignite.engine import Events
 
 from medsymmflow.checks import positive_float, positive_int
+from medsymmflow.codes import decision_scores
 from medsymmflow.inferers import SymmFlowClassifier
 from medsymmflow.networks.latent import LatentCodec
 
@@ -21,10 +22,12 @@ __all__ = ["SymmFlowEvaluator"]
 class SymmFlowEvaluator(Evaluator):
     """Runs :class:`SymmFlowClassifier` on each batch and puts decoded predictions in ``state.output``.
 
-    ``state.output`` keys (batch-first tensors): ``image``, ``label`` (B,), ``pred`` (B,), ``score``
-    (B, K) of the first run and ``scores`` (runs, B, K) of every run (``score="softmax"``:
-    softmax(-d / temperature); ``"posterior"``: the class posterior read from the mean code, see
-    :meth:`ClassCodebook.class_scores`), ``label_onehot`` (B, K),
+    ``state.output`` keys (batch-first tensors): ``image``, ``label`` (B,), ``pred`` (B,) and ``score``
+    (B, K) of the first run, ``preds`` (runs, B) and ``scores`` (runs, B, K) of every run. ``pred`` is the
+    class the inferer's ``decision`` chose (``mean`` / ``mode`` / ``vote``); the scores rank the classes
+    the way that decision does, so their argmax is ``pred`` (:func:`~medsymmflow.codes.decision_scores`
+    over ``score="softmax"``: softmax(-d / temperature), or ``"posterior"``: the class posterior read from
+    the mean code, see :meth:`ClassCodebook.class_scores`), ``label_onehot`` (B, K),
     ``distances`` (runs, B, K), ``uncertainty`` (runs, B), ``draw_distances`` (runs, R, B, K),
     ``pred_mode`` (runs, B), ``uncertainty_mode`` (runs, B), ``index`` when the batch has one and
     ``filename`` when it has a ``file`` key (the inference bundle copies each image's path there), and
@@ -112,10 +115,13 @@ class SymmFlowEvaluator(Evaluator):
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         codebook = engine.inferer.codebook
         k = codebook.num_classes
-        scores = torch.stack([codebook.class_scores(r.distances, engine.score, engine.temperature) for r in runs])
+        scores = torch.stack(
+            [decision_scores(codebook.class_scores(r.distances, engine.score, engine.temperature), r.labels, r.counts) for r in runs]
+        )
         out: dict[str, Any] = {
             Keys.IMAGE: image,
             Keys.PRED: runs[0].labels,
+            "preds": torch.stack([r.labels for r in runs]),
             "score": scores[0],
             "scores": scores,
             "distances": torch.stack([r.distances for r in runs]),

@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 
 from medsymmflow.io import atomic_write
 from medsymmflow.metrics.classification import mean_two_sigma, medmnist_metrics, probabilities, torchmetrics_metrics
+from medsymmflow.reports.predictions import write_predictions
 
 __all__ = ["ClassificationReport", "InferenceReport"]
 
@@ -28,11 +29,13 @@ class ClassificationReport:
     that the selective-prediction report fits its temperature on.)
 
     Metrics per inference run: ACC / AUC with torchmetrics and, when ``flag`` and ``dataset_dir`` are
-    given, with medmnist's own Evaluator; the summary is mean and 2 sigma over runs. ``predictions.csv``
-    holds the first run per sample: index, label, predicted class (mean decision), uncertainty,
-    the distance to every code, the score per class (the evaluator's ``scores``: softmax(-d / temperature)
-    or the posterior read from the mean code; softmax(-d / temperature) when it gives none), the mode decision
-    and its uncertainty, and the spread of the prediction over noise draws.
+    given, with medmnist's own Evaluator, both from the evaluator's per-class ``scores`` (whose argmax
+    is the decided class, see :func:`~medsymmflow.codes.decision_scores`; softmax(-d / temperature) of
+    the distances when it gives none); the summary is mean and 2 sigma over runs. ``predictions.csv``
+    (the table of :mod:`medsymmflow.reports.predictions`) holds the first run per sample: index, label,
+    the class the evaluator's decision chose (``preds``; the nearest code when it gives none), its
+    uncertainty, the distance to every code, the scores, the mode decision and its uncertainty, and the
+    spread of the prediction over noise draws.
     """
 
     def __init__(
@@ -71,7 +74,7 @@ class ClassificationReport:
 
     def _collect(self, engine: Engine) -> None:
         out = engine.state.output
-        for key in ("label", "distances", "scores", "uncertainty", "draw_distances", "pred_mode", "uncertainty_mode", "index"):
+        for key in ("label", "preds", "distances", "scores", "uncertainty", "draw_distances", "pred_mode", "uncertainty_mode", "index"):
             if key in out:
                 self._rows.setdefault(key, []).append(torch.as_tensor(out[key]).detach().cpu())
 
@@ -85,6 +88,7 @@ class ClassificationReport:
         if labels is None or distances is None:
             raise ValueError("ClassificationReport needs labelled data: the evaluator produced no 'label'")
         scores = self._cat("scores", 1)  # (runs, N, K) when the evaluator scores the classes itself
+        preds = self._cat("preds", 1)  # (runs, N): the classes the evaluator's decision chose
         uncertainty = self._cat("uncertainty", 1)
         draws = self._cat("draw_distances", 2)  # (runs, R, N, K)
         pred_mode, unc_mode = self._cat("pred_mode", 1), self._cat("uncertainty_mode", 1)
@@ -124,28 +128,19 @@ class ClassificationReport:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(self.output_dir / self.metrics_file, json.dumps(self.results, indent=2) + "\n")
 
-        d0 = distances[0]
-        probs0 = run_probs[0]
-        spread = _draw_spread(draws[0]) if draws is not None else torch.zeros(n)
-        buf = io.StringIO()
-        writer = csv.writer(buf)
-        writer.writerow(
-            ["index", "label", "pred", "uncertainty"]
-            + [f"dist_{c}" for c in range(k)]
-            + [f"score_{c}" for c in range(k)]
-            + ["pred_mode", "uncertainty_mode", "spread"]
+        spread = _draw_spread(draws[0]) if draws is not None else None
+        write_predictions(
+            self.output_dir / self.predictions_file,
+            labels=labels,
+            pred=preds[0] if preds is not None else distances[0].argmin(1),
+            uncertainty=uncertainty[0],
+            scores=run_probs[0],
+            index=index,
+            distances=distances[0],
+            pred_mode=pred_mode[0] if pred_mode is not None else None,
+            uncertainty_mode=unc_mode[0] if unc_mode is not None else None,
+            spread=spread,
         )
-        pred = d0.argmin(1)
-        for i in range(n):
-            writer.writerow(
-                [int(index[i]), int(labels[i]), int(pred[i]), f"{float(uncertainty[0, i]):.6g}"]
-                + [f"{float(v):.6g}" for v in d0[i]]
-                + [f"{float(v):.6g}" for v in probs0[i]]
-                + [int(pred_mode[0, i]) if pred_mode is not None else int(pred[i])]
-                + [f"{float(unc_mode[0, i]):.6g}" if unc_mode is not None else ""]
-                + [f"{float(spread[i]):.6g}"]
-            )
-        atomic_write(self.output_dir / self.predictions_file, buf.getvalue())
         logger.info(
             "%s %s: %s -> %s",
             self.flag or "dataset",
@@ -164,6 +159,9 @@ def _draw_spread(draw_distances: torch.Tensor) -> torch.Tensor:
 
 class InferenceReport:
     """Writes each image's class, per-class scores and uncertainty to ``predictions.csv`` and ``.json``.
+
+    The class is the one the evaluator's decision chose (its ``pred``); the scores are its ``scores``
+    of the first run, whose argmax is that class.
 
     For unlabelled images run through :class:`SymmFlowEvaluator` (e.g. files from LoadImage). Files
     that could not be read (the evaluator's ``failed`` records) are listed in ``predictions.json`` under
@@ -204,12 +202,14 @@ class InferenceReport:
         d = torch.as_tensor(out["distances"][0]).detach().cpu()
         probs = torch.as_tensor(out["scores"][0]).detach().cpu() if "scores" in out else probabilities(d, self.temperature)
         unc = torch.as_tensor(out["uncertainty"][0]).detach().cpu()
+        # the class the evaluator's decision chose (the nearest code when it gives none)
+        pred = torch.as_tensor(out["pred"]).detach().cpu() if "pred" in out else d.argmin(1)
         spread = _draw_spread(torch.as_tensor(out["draw_distances"][0]).detach().cpu())
         names = out.get("filename") or [str(len(self._rows) + i) for i in range(d.shape[0])]
         k = d.shape[1]
         class_names = self.class_names or [str(c) for c in range(k)]
         for i in range(d.shape[0]):
-            c = int(d[i].argmin())
+            c = int(pred[i])
             self._rows.append(
                 {
                     "file": names[i],

@@ -1,10 +1,8 @@
 """Selective-prediction and calibration report from an evaluation bundle's ``predictions.csv``.
 
-Inputs are the CSV files written by :class:`medsymmflow.engines.report.ClassificationReport` (columns
-``index, label, pred, uncertainty, dist_0..dist_{K-1}, score_0..score_{K-1}, pred_mode,
-uncertainty_mode, spread``) and, optionally, a baseline classifier's file with ``index, label, pred,
-uncertainty, score_0..score_{K-1}`` where ``score_k`` are softmax probabilities and ``uncertainty`` is
-``1 - max_k score_k``.
+Inputs are predictions tables (:mod:`medsymmflow.reports.predictions` defines their columns): the ones
+:class:`medsymmflow.engines.report.ClassificationReport` writes and, optionally, a baseline
+classifier's, whose ``score_k`` are softmax probabilities and ``uncertainty`` is ``1 - max_k score_k``.
 
 :func:`load_predictions` reads and checks one file, :func:`selective_report` turns the files into one
 JSON-ready dict (selective metrics per decision and uncertainty score, calibration of
@@ -15,13 +13,10 @@ does all three from file paths (what ``medsymmflow selective`` and the bundles' 
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
-import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,6 +30,11 @@ from medsymmflow.metrics.calibration import (
 )
 from medsymmflow.metrics.selective import DEFAULT_REJECTION_RATES, coverage_key, selective_metrics
 from medsymmflow.metrics.uncertainty import margin_uncertainty
+from medsymmflow.reports.predictions import (  # the table's one definition
+    Predictions,
+    load_predictions,
+    resolve_predictions_path,
+)
 
 __all__ = [
     "MEDSYMMFLOW_SCORES",
@@ -48,8 +48,6 @@ __all__ = [
 ]
 
 MEDSYMMFLOW_SCORES = ("distance", "margin", "spread")
-PREDICTIONS_FILE = "predictions.csv"
-VAL_PREDICTIONS_FILE = "val_predictions.csv"
 REPORT_FILES = {"json": "selective_metrics.json", "curves": "accuracy_rejection.png", "reliability": "reliability.png"}
 
 _SCORE_DEFINITIONS = {
@@ -62,159 +60,6 @@ _SCORE_DEFINITIONS = {
     "msp": "baseline: 1 - maximum softmax probability (the baseline's 'uncertainty' column)",
 }
 _BASELINE_PROB_ATOL = 1e-3  # CSV values carry ~6 significant digits; a looser row sum is not a softmax output
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """One predictions CSV as arrays; ``distances`` / ``scores`` / mode columns are ``None`` when absent."""
-
-    path: Path
-    index: np.ndarray  # (N,) int64; 0..N-1 when the file has no index column
-    labels: np.ndarray  # (N,) int64
-    pred: np.ndarray  # (N,) int64, the "mean" decision (or the baseline's argmax)
-    uncertainty: np.ndarray  # (N,) float64
-    distances: np.ndarray | None  # (N, K) dist_k columns
-    scores: np.ndarray | None  # (N, K) score_k columns
-    pred_mode: np.ndarray | None  # (N,) int64
-    uncertainty_mode: np.ndarray | None  # (N,) float64
-    spread: np.ndarray | None  # (N,) float64
-    has_index: bool
-
-    @property
-    def num_samples(self) -> int:
-        """Number of rows."""
-        return int(self.labels.shape[0])
-
-    @property
-    def num_classes(self) -> int:
-        """K, from the dist_k columns (or the score_k columns when there are none)."""
-        arr = self.distances if self.distances is not None else self.scores
-        assert arr is not None  # load_predictions guarantees one of them
-        return int(arr.shape[1])
-
-
-def resolve_predictions_path(path: str | os.PathLike) -> Path:
-    """A ``predictions.csv`` path, or a bundle output folder holding one -> the CSV path (FileNotFoundError if absent)."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / PREDICTIONS_FILE
-    if not p.is_file():
-        raise FileNotFoundError(f"predictions file not found: {p}")
-    return p
-
-
-def load_predictions(path: str | os.PathLike) -> Predictions:
-    """Read and check a predictions CSV (or the ``predictions.csv`` in a bundle output folder)."""
-    p = resolve_predictions_path(path)
-    with open(p, newline="") as f:
-        rows = list(csv.reader(f))
-    rows = [r for r in rows if any(cell.strip() for cell in r)]  # a trailing blank line is not a sample
-    if not rows:
-        raise ValueError(f"{p} is empty")
-    header = [h.strip() for h in rows[0]]
-    body = rows[1:]
-    if not body:
-        raise ValueError(f"{p} has a header but no data rows")
-    for line, r in enumerate(body, start=2):
-        if len(r) != len(header):
-            raise ValueError(f"{p} line {line} has {len(r)} fields but the header has {len(header)}")
-    dup = sorted({h for h in header if header.count(h) > 1})
-    if dup:
-        raise ValueError(f"{p} repeats column(s): {', '.join(dup)}")
-    columns = {h: [r[i].strip() for r in body] for i, h in enumerate(header)}
-
-    k_dist, k_score = _family_size(p, header, "dist"), _family_size(p, header, "score")
-    missing = [c for c in ("label", "pred", "uncertainty") if c not in columns]
-    if k_dist == 0 and k_score == 0:
-        missing.append("dist_0..dist_{K-1} or score_0..score_{K-1}")
-    if missing:
-        raise ValueError(f"{p} is missing column(s): {', '.join(missing)}")
-    if k_dist and k_score and k_dist != k_score:
-        raise ValueError(f"{p} has {k_dist} dist_k columns but {k_score} score_k columns")
-    k = k_dist or k_score
-    if k < 2:
-        raise ValueError(f"{p} has a single class column; at least 2 classes are needed")
-
-    def numbers(name: str) -> np.ndarray:
-        return _parse_numbers(p, name, columns[name])
-
-    def classes(name: str) -> np.ndarray:
-        return _parse_classes(p, name, columns[name], k)
-
-    def matrix(prefix: str, size: int) -> np.ndarray | None:
-        return np.stack([numbers(f"{prefix}_{c}") for c in range(size)], axis=1) if size else None
-
-    distances, scores = matrix("dist", k_dist), matrix("score", k_score)
-    if distances is not None and distances.min() < 0:
-        raise ValueError(f"{p}: dist_k columns must be >= 0, found {distances.min():g}")
-
-    pred_mode = unc_mode = None
-    if "pred_mode" in columns and "uncertainty_mode" in columns:
-        blank = np.array([v == "" for v in columns["uncertainty_mode"]])
-        if blank.any() and not blank.all():
-            raise ValueError(
-                f"{p}: column 'uncertainty_mode' is blank in {int(blank.sum())} of {blank.size} rows "
-                f"(first at line {int(np.argmax(blank)) + 2}); it must be filled in every row or in none"
-            )
-        if not blank.all():  # the bundle leaves it blank when no mode decision was run
-            pred_mode, unc_mode = classes("pred_mode"), numbers("uncertainty_mode")
-    spread = numbers("spread") if "spread" in columns else None
-
-    has_index = "index" in columns
-    index = np.round(numbers("index")).astype(np.int64) if has_index else np.arange(len(body), dtype=np.int64)
-    return Predictions(
-        path=p,
-        index=index,
-        labels=classes("label"),
-        pred=classes("pred"),
-        uncertainty=numbers("uncertainty"),
-        distances=distances,
-        scores=scores,
-        pred_mode=pred_mode,
-        uncertainty_mode=unc_mode,
-        spread=spread,
-        has_index=has_index,
-    )
-
-
-def _family_size(path: Path, header: Sequence[str], prefix: str) -> int:
-    """K for the columns ``prefix_0..prefix_{K-1}``; a gap in the numbering is a missing column."""
-    found = sorted(int(m.group(1)) for h in header if (m := re.fullmatch(rf"{prefix}_(\d+)", h)))
-    if not found:
-        return 0
-    gaps = sorted(set(range(found[-1] + 1)) - set(found))
-    if gaps:
-        raise ValueError(f"{path} is missing column(s): {', '.join(f'{prefix}_{g}' for g in gaps)}")
-    return len(found)
-
-
-def _parse_numbers(path: Path, name: str, values: Sequence[str]) -> np.ndarray:
-    """Column -> float64 array; a non-numeric, NaN or infinite cell is an error naming column and line."""
-    out = np.empty(len(values), dtype=np.float64)
-    for i, v in enumerate(values):
-        try:
-            out[i] = float(v)
-        except ValueError:
-            raise ValueError(f"{path}: column '{name}' has a non-numeric value {v!r} at line {i + 2}") from None
-    bad = ~np.isfinite(out)
-    if bad.any():
-        raise ValueError(
-            f"{path}: column '{name}' has {int(bad.sum())} NaN or infinite value(s), first at line {int(np.argmax(bad)) + 2}"
-        )
-    return out
-
-
-def _parse_classes(path: Path, name: str, values: Sequence[str], num_classes: int) -> np.ndarray:
-    """Column of class indices -> int64 array, checked to be whole numbers in ``[0, K)``."""
-    x = _parse_numbers(path, name, values)
-    if not np.array_equal(x, np.round(x)):
-        raise ValueError(f"{path}: column '{name}' must hold whole class indices, found fractional values")
-    if x.min() < 0 or x.max() >= num_classes:
-        raise ValueError(
-            f"{path}: column '{name}' has class indices in [{int(x.min())}, {int(x.max())}] "
-            f"but the file has {num_classes} classes (0..{num_classes - 1})"
-        )
-    return x.astype(np.int64)
 
 
 def dataset_name(predictions_path: str | os.PathLike) -> str | None:
