@@ -31,6 +31,7 @@ from medsymmflow.metrics.calibration import (
 from medsymmflow.metrics.selective import DEFAULT_REJECTION_RATES, coverage_key, selective_metrics
 from medsymmflow.metrics.uncertainty import margin_uncertainty
 from medsymmflow.reports.predictions import (  # the table's one definition
+    VAL_PREDICTIONS_FILE,
     Predictions,
     load_predictions,
     resolve_predictions_path,
