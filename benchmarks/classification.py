@@ -191,7 +191,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "command": command_line(),
     }
     atomic_write(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
-    print(f"\n{args.flag}: {args.budget_minutes:g}-minute budget, {'side by side' if not args.sequential else 'sequential'}, {args.threads_each} thread(s) each")
+    mode = "side by side" if not args.sequential else "sequential"
+    print(f"\n{args.flag}: {args.budget_minutes:g}-minute budget, {mode}, {args.threads_each} thread(s) each")
     print(f"{'model':<14}{'ACC':>10}{'AUC':>10}{'minutes':>10}")
     for name, r in rows.items():
         print(f"{name:<14}{100 * r['acc']:>10.1f}{100 * r['auc']:>10.1f}{r['wall_minutes']:>10.1f}")

@@ -38,8 +38,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from baseline_resnet import command_line, machine_info, now_iso  # noqa: E402
 
-from medsymmflow.io import load_checkpoint
-from medsymmflow.io import atomic_write
+from medsymmflow.io import atomic_write, load_checkpoint
 
 RESUMABLE = ("last.pt", "previous.pt")
 

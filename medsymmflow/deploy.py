@@ -13,7 +13,8 @@ How it is built, and why:
 * The classification itself is the library's own code: :class:`~medsymmflow.inferers.SymmFlowClassifier`
   (reverse ODE steps from ``(image, noise_y)``, nearest-code decoding, distance = uncertainty) and
   :meth:`ClassCodebook.class_scores <medsymmflow.codes.ClassCodebook.class_scores>` (softmax of negative
-  distances or the code posterior) ranked as the decision ranks the classes (:func:`~medsymmflow.codes.decision_scores`). These are not TorchScript-compilable (MONAI's DiffusionModelUNet,
+  distances or the code posterior) ranked as the decision ranks the classes
+  (:func:`~medsymmflow.codes.decision_scores`). These are not TorchScript-compilable (MONAI's DiffusionModelUNet,
   a plain-Python codebook), so they are **traced** with the label noise as an explicit input: the
   trace records the tensor operations of exactly the code the bundle runs, with the batch size left
   dynamic (the export checks the file on a batch size other than the trace's).

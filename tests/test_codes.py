@@ -42,7 +42,9 @@ def test_palette_codes_distinct_and_spaced(k: int) -> None:
 
 
 @pytest.mark.parametrize(
-    "kind,k", [("gray", 2), ("gray", 10), ("rgb", 2), ("rgb", 5), ("rgb", 8), ("rgb", 64), ("palette", 19), ("palette", 171), ("palette", 2), ("onehot", 2), ("onehot", 5), ("onehot", 11)]
+    "kind,k",
+    [("gray", 2), ("gray", 10), ("rgb", 2), ("rgb", 5), ("rgb", 8), ("rgb", 64), ("palette", 19), ("palette", 171), ("palette", 2),
+     ("onehot", 2), ("onehot", 5), ("onehot", 11)],
 )
 def test_round_trip_under_beta_noise(kind: str, k: int) -> None:
     cb = ClassCodebook.from_kind(kind, k)

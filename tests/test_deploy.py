@@ -18,8 +18,8 @@ from medsymmflow.cli import main
 from medsymmflow.codes import ClassCodebook, decision_scores
 from medsymmflow.data import write_synthetic_medmnist
 from medsymmflow.deploy import export_classifier, read_metadata
-from medsymmflow.io import RunInfo
 from medsymmflow.inferers import SymmFlowClassifier
+from medsymmflow.io import RunInfo
 from medsymmflow.networks import build_network, create_ema
 
 REPO = Path(__file__).resolve().parents[1]

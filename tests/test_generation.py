@@ -388,9 +388,9 @@ def test_cli_sample_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
 def test_cli_evaluate_writes_generation_metrics(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
+    import medsymmflow.generation_metrics as generation_metrics
     from medsymmflow.baselines import build_resnet18
     from medsymmflow.data import write_synthetic_medmnist
-    import medsymmflow.generation_metrics as generation_metrics
 
     write_synthetic_medmnist(tmp_path / "data", "pneumoniamnist", n_train=24, n_val=4, n_test=6, seed=0)
     ckpt = _write_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")

@@ -17,9 +17,9 @@ from torch.utils.data import DataLoader
 from medsymmflow import ClassCodebook
 from medsymmflow.data import synthetic_class_templates, write_synthetic_medmnist
 from medsymmflow.engines import AutoencoderTrainer, SymmFlowEvaluator, SymmFlowTrainer, VAEExport
-from medsymmflow.io import RunInfo
 from medsymmflow.flow import SymmetricPath, SymmFlowLoss, TimeSampler
 from medsymmflow.inferers import SymmFlowClassifier, SymmFlowSampler
+from medsymmflow.io import RunInfo
 from medsymmflow.networks import (
     SD_SCALE_FACTOR,
     LatentCodec,

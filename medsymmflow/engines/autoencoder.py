@@ -145,7 +145,10 @@ class AutoencoderTrainer(SupervisedTrainer):
         engine.optimizer.step()
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         engine.state.output.update(
-            {Keys.PRED: recon.detach(), Keys.LOSS: loss.detach(), "recon_loss": float(rec.detach()), "mask_loss": float(mask.detach()), "kl": float(kl.detach())}
+            {
+                Keys.PRED: recon.detach(), Keys.LOSS: loss.detach(),
+                "recon_loss": float(rec.detach()), "mask_loss": float(mask.detach()), "kl": float(kl.detach()),
+            }
         )
         return engine.state.output
 

@@ -6,10 +6,10 @@ import functools
 from typing import Any, Callable, Sequence
 
 import torch
+from ignite.engine import Events
 from monai.engines import Evaluator
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
-from ignite.engine import Events
 
 from medsymmflow.checks import positive_float, positive_int
 from medsymmflow.codes import decision_scores

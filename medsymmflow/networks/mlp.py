@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
-
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
+from torch import nn
 
 __all__ = ["SymmFlowMLP"]
 

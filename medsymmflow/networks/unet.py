@@ -18,11 +18,10 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from monai.networks.nets import DiffusionModelUNet
-from monai.networks.utils import pixelshuffle, pixelunshuffle
 from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
+from monai.networks.utils import pixelshuffle, pixelunshuffle
+from torch import nn
 
 __all__ = ["SymmFlowUNet"]
 
