@@ -172,7 +172,9 @@ def test_an_engine_failure_logs_no_traceback_and_leaves_no_empty_tensorboard_fil
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     last = run_dir / "checkpoints" / "last.pt"
-    last.write_bytes(checkpoints["shapes"].read_bytes())
+    # a trainer state lets resume pick the file; the loader, running inside the engine, then finds the rest missing
+    stored = torch.load(checkpoints["shapes"], weights_only=True)
+    torch.save(stored | {"trainer": {"iteration": 3, "epoch_length": 3, "max_epochs": 2}}, last)
     out = bundle(TRAIN, data_dir, run_dir, "--resume", "true", "--epochs", "2")
     line = the_error(out)
     assert f"checkpoint {last} lacks 'network'" in line  # a best.pt-style file cannot resume a training
