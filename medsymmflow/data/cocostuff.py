@@ -30,6 +30,7 @@ from medsymmflow.data.folders import (
     match_pairs,
     read_label_map,
     read_splits_file,
+    remap_label_values,
     require_folder,
     select_split,
 )
@@ -74,36 +75,22 @@ COCOSTUFF_IGNORE_INDEX = 255
 COCOSTUFF_USED_VALUES = tuple(v for v in range(len(COCOSTUFF_LABELS)) if v + 1 not in COCOSTUFF_UNUSED_IDS)
 COCOSTUFF_CLASSES = tuple(COCOSTUFF_LABELS[v] for v in COCOSTUFF_USED_VALUES)
 
-_INVALID = -1
 _OFFICIAL_LABELS = "stuffthingmaps_trainval2017"
 _OFFICIAL_SPLITS = {"train": "train2017", "val": "val2017"}
 
 
 def cocostuff_lookup_table() -> np.ndarray:
     """int64 table of 256 entries: pixel value -> class 0..170, 255 -> 255, every other value -> -1 (invalid)."""
-    table = np.full(256, _INVALID, dtype=np.int64)
+    table = np.full(256, -1, dtype=np.int64)
     table[list(COCOSTUFF_USED_VALUES)] = np.arange(len(COCOSTUFF_USED_VALUES))
     table[COCOSTUFF_IGNORE_INDEX] = COCOSTUFF_IGNORE_INDEX
     return table
 
 
 def cocostuff_to_classes(label_map: np.ndarray, name: str = "label map") -> np.ndarray:
-    """Raw COCO-Stuff label values (id - 1, 255) -> classes 0..170 with 255 kept; other values raise naming ``name``."""
-    values = np.asarray(label_map)
-    if values.dtype.kind == "f":
-        if not np.isfinite(values).all() or not np.array_equal(values, np.round(values)):
-            raise ValueError(f"{name} holds values that are not whole class ids")
-    ints = values.astype(np.int64)
-    inside = (ints >= 0) & (ints < 256)
-    mapped = np.where(inside, cocostuff_lookup_table()[np.clip(ints, 0, 255)], _INVALID)
-    if (mapped == _INVALID).any():
-        bad = np.unique(ints[mapped == _INVALID])
-        raise ValueError(
-            f"{name} holds value(s) {', '.join(map(str, bad[:10].tolist()))} outside COCO-Stuff's 171 used ids "
-            f"(pixel values {', '.join(str(i - 1) for i in COCOSTUFF_UNUSED_IDS)} are unused ids, values above 181 "
-            "other than 255 do not exist)"
-        )
-    return mapped
+    """Raw COCO-Stuff label values (id - 1, 255) -> int64 classes 0..170 with 255 kept; unused ids and values
+    above 181 (but 255) raise a ValueError naming ``name`` and the values."""
+    return remap_label_values(label_map, COCOSTUFF_USED_VALUES, COCOSTUFF_IGNORE_INDEX, name=name, what="COCO-Stuff")
 
 
 def cocostuff_dicts(

@@ -32,6 +32,7 @@ __all__ = [
     "parse_fractions",
     "read_label_map",
     "read_splits_file",
+    "remap_label_values",
     "require_folder",
     "select_split",
     "split_ids",
@@ -152,6 +153,40 @@ def check_label_values(
         raise ValueError(
             f"label map {path} holds value(s) {', '.join(map(str, bad[:10]))} outside the {what} classes ({allowed})"
         )
+
+
+def remap_label_values(
+    values: np.ndarray,
+    source_values: Sequence[int],
+    ignore_index: int | None = None,
+    name: str = "label map",
+    what: str = "dataset",
+) -> np.ndarray:
+    """Label values -> int64 classes: ``source_values[c]`` becomes ``c``, ``ignore_index`` stays; any other value
+    raises a ValueError naming ``name`` and the values (never merged into a class)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f" and (not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr))):
+        raise ValueError(f"{name} holds values that are not whole class indices")
+    if arr.dtype.kind not in "fiub":
+        raise ValueError(f"{name} must hold integer class indices, got dtype {arr.dtype}")
+    ints = arr.astype(np.int64)
+    found = np.unique(ints)
+    source = np.asarray(list(source_values), dtype=np.int64)
+    if len(np.unique(source)) != len(source):
+        raise ValueError("source_values must not repeat a value")
+    valid = np.isin(found, source) | (found == ignore_index if ignore_index is not None else False)
+    if not valid.all():
+        bad = found[~valid]
+        used = f"{len(source)} classes" + ("" if ignore_index is None else f" and {ignore_index} (ignored)")
+        raise ValueError(
+            f"{name} holds value(s) {', '.join(map(str, bad[:10].tolist()))} outside the {what} label values ({used})"
+        )
+    # a lookup table over the values present keeps memory small whatever the values' range
+    lookup = {int(v): c for c, v in enumerate(source.tolist())}
+    if ignore_index is not None:
+        lookup[int(ignore_index)] = int(ignore_index)
+    targets = np.asarray([lookup[int(v)] for v in found], dtype=np.int64)
+    return targets[np.searchsorted(found, ints)]
 
 
 def parse_fractions(fractions: Mapping[str, float] | Sequence[float]) -> dict[str, float]:
