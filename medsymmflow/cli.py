@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "selective": ("medsymmflow.commands.selective", "selective-prediction and calibration report from predictions.csv"),
     "sample": ("medsymmflow.commands.sample", "class-conditional sampling: PNGs per class and a montage"),
     "export": ("medsymmflow.commands.export", "TorchScript classifier (image -> class, scores, uncertainty) from a checkpoint"),
+    "prepare": ("medsymmflow.commands.prepare", "turn a dataset's official release into image / label-map folders"),
 }
 
 

@@ -24,6 +24,8 @@ from monai.data import PILReader
 from medsymmflow.checks import available_device
 
 __all__ = [
+    "LABEL_MAP_SUFFIXES",
+    "LabelMapReader",
     "RASTER_SUFFIXES",
     "RasterReader",
     "RunInfo",
@@ -307,3 +309,54 @@ class RasterReader(PILReader):
     def _get_spatial_shape(self, img: Any) -> np.ndarray:
         # rows first, like the array this reader returns
         return np.asarray((img.height, img.width))
+
+
+# Lossless raster formats a label map may be stored in (a JPEG would blur class indices at every edge).
+LABEL_MAP_SUFFIXES = (".png", ".bmp", ".gif", ".tif", ".tiff")
+
+
+class LabelMapReader(RasterReader):
+    """:class:`RasterReader` for label maps: every pixel value is a class index, read rows first as stored.
+
+    Unlike images, palette PNGs (CelebAMask-HQ's 'P' masks) keep their palette *indices* (the class), 16-bit
+    and 32-bit integer maps keep their values (no rescaling), and an RGB file whose three channels are equal
+    (a gray map saved as RGB) gives one of them. A colour label image (RGB with differing channels: class
+    colours, not indices), a floating-point map and a JPEG raise a ValueError saying so.
+    """
+
+    def read(self, data: Any, **kwargs: Any) -> Any:
+        """RasterReader's ``read``, refusing JPEG files (lossy compression changes class indices)."""
+        names = data if isinstance(data, (list, tuple)) else [data]
+        lossy = [str(n) for n in names if not str(n).lower().endswith(LABEL_MAP_SUFFIXES)]
+        if lossy:
+            raise ValueError(
+                f"label map {lossy[0]} is not in a lossless format ({', '.join(LABEL_MAP_SUFFIXES)}); "
+                "JPEG compression changes class indices"
+            )
+        return super().read(data, **kwargs)
+
+    @staticmethod
+    def normalise(img: Any) -> Any:
+        """``img`` as one frame of class indices (mode ``L`` or ``I``); colour or floating-point maps raise."""
+        from PIL import Image
+
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1:
+            raise ValueError(f"it has {frames} frames; a label map is one 2-D image")
+        img.load()
+        mode = img.mode
+        if mode in ("L", "P", "1"):
+            return Image.fromarray(np.asarray(img, dtype=np.uint8), mode="L")  # 'P': the palette index is the class
+        if mode.startswith("I"):
+            return Image.fromarray(np.asarray(img, dtype=np.int32), mode="I")
+        if mode in ("LA", "PA"):
+            return Image.fromarray(np.asarray(img.getchannel(0), dtype=np.uint8), mode="L")
+        if mode in ("RGB", "RGBA"):
+            rgb = np.asarray(img.convert("RGB"))
+            if (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 0] == rgb[..., 2]).all():
+                return Image.fromarray(np.ascontiguousarray(rgb[..., 0]), mode="L")
+            raise ValueError(
+                "it is a colour image (RGB channels differ), not a map of class indices; convert class colours "
+                "to indices first"
+            )
+        raise ValueError(f"its pixel mode {mode!r} holds no class indices (expected an 8/16/32-bit integer or palette image)")

@@ -1,10 +1,29 @@
-"""Datasets and samplers: MedMNIST 2-D (through the medmnist package), synthetic MedMNIST files, samplers.
+"""Datasets and samplers: MedMNIST 2-D (through the medmnist package), synthetic MedMNIST files, samplers,
+and segmentation folders (CelebAMask-HQ, COCO-Stuff: image / label-map pairs for MONAI datasets).
 
 Importing this package does not import medmnist (it creates ~/.medmnist on import); it is imported
 when a flag is first looked up.
 """
 
 from medsymmflow.data.augment import BatchAugment, batch_augment
+from medsymmflow.data.celebamask import (
+    CELEBAMASK_HQ_CLASSES,
+    CELEBAMASK_HQ_PARTS,
+    CELEBAMASK_HQ_SPLIT_BOUNDS,
+    celebamask_hq_dicts,
+    official_celebamask_hq_splits,
+    prepare_celebamask_hq,
+)
+from medsymmflow.data.cocostuff import (
+    COCOSTUFF_CLASSES,
+    COCOSTUFF_IGNORE_INDEX,
+    COCOSTUFF_LABELS,
+    COCOSTUFF_UNUSED_IDS,
+    COCOSTUFF_USED_VALUES,
+    cocostuff_dicts,
+    cocostuff_lookup_table,
+    cocostuff_to_classes,
+)
 from medsymmflow.data.files import (
     IMAGE_SUFFIXES,
     ImageFileDataset,
@@ -13,6 +32,21 @@ from medsymmflow.data.files import (
     find_image_files,
     image_file_dicts,
     list_image_files,
+)
+from medsymmflow.data.folders import (
+    DEFAULT_FRACTIONS,
+    SPLIT_NAMES,
+    SPLITS_FILE,
+    check_label_values,
+    check_pair_sizes,
+    match_pairs,
+    parse_fractions,
+    read_label_map,
+    read_splits_file,
+    remap_label_values,
+    select_split,
+    split_ids,
+    write_splits_file,
 )
 from medsymmflow.data.medmnist import (
     MEDMNIST_SIZES,
@@ -33,6 +67,17 @@ from medsymmflow.data.synthetic import synthetic_class_templates, write_syntheti
 
 __all__ = [
     "BatchAugment",
+    "CELEBAMASK_HQ_CLASSES",
+    "CELEBAMASK_HQ_PARTS",
+    "CELEBAMASK_HQ_SPLIT_BOUNDS",
+    "COCOSTUFF_CLASSES",
+    "COCOSTUFF_IGNORE_INDEX",
+    "COCOSTUFF_LABELS",
+    "COCOSTUFF_UNUSED_IDS",
+    "COCOSTUFF_USED_VALUES",
+    "DEFAULT_FRACTIONS",
+    "SPLITS_FILE",
+    "SPLIT_NAMES",
     "IMAGE_SUFFIXES",
     "ImageFileDataset",
     "ImageFiles",
@@ -42,7 +87,13 @@ __all__ = [
     "MedMNISTDataset",
     "batch_augment",
     "canonical_flag",
+    "celebamask_hq_dicts",
+    "check_label_values",
+    "check_pair_sizes",
     "class_balanced_weights",
+    "cocostuff_dicts",
+    "cocostuff_lookup_table",
+    "cocostuff_to_classes",
     "collate_image_files",
     "distributed_world",
     "find_image_files",
@@ -50,12 +101,22 @@ __all__ = [
     "list_image_files",
     "load_medmnist",
     "make_sampler",
+    "match_pairs",
     "medmnist_class_names",
     "medmnist_filename",
     "medmnist_info",
     "medmnist_url",
+    "official_celebamask_hq_splits",
+    "parse_fractions",
+    "prepare_celebamask_hq",
+    "read_label_map",
     "read_medmnist_npz",
+    "read_splits_file",
+    "remap_label_values",
+    "select_split",
+    "split_ids",
     "supported_flags",
     "synthetic_class_templates",
     "write_synthetic_medmnist",
+    "write_splits_file",
 ]

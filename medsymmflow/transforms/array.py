@@ -9,7 +9,7 @@ container: numpy in -> numpy out, torch in -> torch out on the same device, and 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,10 +19,20 @@ from monai.transforms import LoadImage, RandomizableTransform, ScaleIntensityRan
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type
 
 from medsymmflow.codes import DECISIONS, ClassCodebook
-from medsymmflow.io import RasterReader
+from medsymmflow.data.cocostuff import COCOSTUFF_IGNORE_INDEX, COCOSTUFF_USED_VALUES
+from medsymmflow.data.folders import remap_label_values
+from medsymmflow.io import LabelMapReader, RasterReader
 
 __all__ = [
     "ClassToCodeMask",
+    "CocoStuffToClasses",
+    "FlipSwap",
+    "LoadLabelMap",
+    "RemapLabels",
+    "ResizeShortSide",
+    "SwapLabels",
+    "ValidPixelMask",
+    "left_right_swap",
     "EnsureSpatial2D",
     "LoadImageFile",
     "MatchChannels",
@@ -401,3 +411,204 @@ class StrictScaleIntensityRange(ScaleIntensityRange):
                     "the model's inputs are scaled from; set intensity_range to the range these images use"
                 )
         return super().__call__(img)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Segmentation: label maps loaded, checked, remapped, flipped with their left/right classes, resized.
+
+
+def _source_name(data: object) -> str:
+    """"label map <file>" for a MetaTensor loaded from a file, else "label map"."""
+    name = getattr(data, "meta", {}).get("filename_or_obj") if isinstance(data, MetaTensor) else None
+    return f"label map {name}" if name else "label map"
+
+
+class LoadLabelMap(LoadImage):
+    """MONAI ``LoadImage`` for label maps: class indices as stored, channel-first ``(1, rows, columns)``.
+
+    Reads through :class:`~medsymmflow.io.LabelMapReader` (palette PNGs give their indices, not colours; rows
+    first like :class:`LoadImageFile`, so images and label maps loaded by the two share one grid). ``dtype``
+    float32 by default, as MONAI's spatial transforms expect; values stay whole numbers.
+    """
+
+    def __init__(self, image_only: bool = True, dtype: np.dtype | type | str | None = np.float32) -> None:
+        super().__init__(reader=None, image_only=image_only, dtype=dtype, ensure_channel_first=True)
+        self.register(LabelMapReader())
+
+
+class RemapLabels(Transform):
+    """Label map values -> contiguous classes: ``source_values[c]`` becomes class ``c``; ``ignore_index`` is kept.
+
+    A value that is neither a source value nor ``ignore_index`` raises a ValueError naming the file (from
+    MetaTensor metadata) and the values: it is never merged into a class. ``RemapLabels(range(K))`` is the
+    identity that checks a map holds classes ``0..K-1`` only. The output keeps the input's container and dtype.
+
+    Args:
+        source_values: the label values in class order.
+        ignore_index: a value passed through unchanged (e.g. 255 = unlabeled).
+        what: the dataset named in the error message.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, source_values: Sequence[int], ignore_index: int | None = None, what: str = "dataset") -> None:
+        self.source_values = tuple(int(v) for v in source_values)
+        if not self.source_values:
+            raise ValueError("source_values must name at least one label value")
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        if self.ignore_index is not None and (
+            0 <= self.ignore_index < len(self.source_values) or self.ignore_index in self.source_values
+        ):
+            raise ValueError(f"ignore_index {self.ignore_index} is also a label value or a class index of the output")
+        self.what = what
+
+    def __call__(self, label_map: NdarrayOrTensor) -> NdarrayOrTensor:
+        """Remap every pixel of ``label_map`` (any shape)."""
+        lm = _as_plain_tensor(label_map, "label_map")
+        out = remap_label_values(lm.detach().cpu().numpy(), self.source_values, self.ignore_index, _source_name(label_map), self.what)
+        dtype = lm.dtype if lm.is_floating_point() or lm.dtype == torch.int64 else torch.int64
+        return _restore_type(torch.from_numpy(out).to(lm.device), label_map, dtype, keep_meta=True)
+
+
+class CocoStuffToClasses(RemapLabels):
+    """COCO-Stuff label PNG values (id - 1, 255 = unlabeled) -> classes 0..170, 255 kept (see :mod:`medsymmflow.data.cocostuff`).
+
+    The 11 unused COCO thing ids and values above 181 other than 255 raise, naming the file and the value.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(COCOSTUFF_USED_VALUES, ignore_index=COCOSTUFF_IGNORE_INDEX, what="COCO-Stuff")
+
+
+def left_right_swap(class_names: Sequence[str]) -> dict[int, int]:
+    """Class index pairs to swap under a horizontal flip: names ``l_X`` / ``r_X`` or ``left_X`` / ``right_X``, both ways.
+
+    For CelebAMask-HQ: l_eye/r_eye, l_brow/r_brow, l_ear/r_ear (``l_lip`` is the lower lip, it has no ``r_lip``;
+    ``ear_r`` and ``neck_l`` are an earring and a necklace).
+    """
+    index = {str(n): i for i, n in enumerate(class_names)}
+    swap: dict[int, int] = {}
+    for name, i in index.items():
+        for left, right in (("l_", "r_"), ("left_", "right_")):
+            if name.startswith(left) and right + name[len(left):] in index:
+                j = index[right + name[len(left):]]
+                swap[i], swap[j] = j, i
+    return swap
+
+
+def _swap_table(swap: Mapping[int, int] | Sequence[str] | None) -> dict[int, int]:
+    """A symmetric class swap from a mapping (completed both ways) or from class names (:func:`left_right_swap`)."""
+    if swap is None:
+        return {}
+    if isinstance(swap, Mapping):
+        table: dict[int, int] = {}
+        for a, b in swap.items():
+            a, b = int(a), int(b)
+            for x, y in ((a, b), (b, a)):
+                if table.get(x, y) != y:
+                    raise ValueError(f"swap maps class {x} to both {table[x]} and {y}; give each class one partner")
+                table[x] = y
+        return table
+    if isinstance(swap, Sequence) and not isinstance(swap, str) and all(isinstance(n, str) for n in swap):
+        return left_right_swap(swap)
+    raise TypeError(f"swap must be a mapping of class pairs or a sequence of class names, got {swap!r}")
+
+
+class SwapLabels(Transform):
+    """Exchange class indices in a label map by a symmetric ``swap`` (e.g. left and right eye); its own inverse.
+
+    Args:
+        swap: a mapping ``{a: b}`` (completed to ``{a: b, b: a}``) or the dataset's class names, whose
+            ``l_`` / ``r_`` pairs are swapped (:func:`left_right_swap`).
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, swap: Mapping[int, int] | Sequence[str]) -> None:
+        self.swap = _swap_table(swap)
+
+    def __call__(self, label_map: NdarrayOrTensor) -> NdarrayOrTensor:
+        """``label_map`` with the swapped classes exchanged; other values (ignore index too) unchanged."""
+        if not self.swap:
+            return label_map
+        lm = _as_plain_tensor(label_map, "label_map")
+        out = lm.clone()
+        for a, b in self.swap.items():
+            out[lm == a] = b
+        return _restore_type(out, label_map, lm.dtype, keep_meta=True)
+
+
+class FlipSwap(Transform):
+    """Flip a channel-first array along ``spatial_axis`` (MONAI ``Flip``) and, for a label map, swap ``swap``'s classes.
+
+    ``spatial_axis=1`` is the horizontal (column) axis of the ``(C, rows, columns)`` arrays
+    :class:`LoadImageFile` and :class:`LoadLabelMap` return (MONAI's PIL reader gives ``(C, columns, rows)``,
+    where it is axis 0). Without ``swap`` it is a plain flip (images). Applied twice it gives the input back.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, spatial_axis: int = 1, swap: Mapping[int, int] | Sequence[str] | None = None) -> None:
+        from monai.transforms import Flip
+
+        self.flip = Flip(spatial_axis=spatial_axis)
+        self.swapper = SwapLabels(swap) if swap is not None else None
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """The flipped (and class-swapped) array."""
+        out = self.flip(img)
+        if isinstance(img, np.ndarray):
+            out = convert_data_type(out, output_type=np.ndarray)[0]
+        return self.swapper(out) if self.swapper is not None else out
+
+
+class ResizeShortSide(Transform):
+    """Resize a channel-first 2-D array so its shorter side is ``size`` (aspect ratio kept; MONAI ``Resize``).
+
+    MONAI's ``Resize`` sizes all sides or the longest; COCO-Stuff's images are cropped square after the short
+    side is scaled. ``mode``: ``"area"`` or ``"bilinear"`` for images, ``"nearest-exact"`` (the input pixel
+    nearest each output pixel's centre) or ``"nearest"`` (at its top-left corner) for label maps.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, size: int, mode: str = "area") -> None:
+        if isinstance(size, bool) or int(size) != size or size < 1:
+            raise ValueError(f"size must be a positive integer, got {size!r}")
+        self.size, self.mode = int(size), str(mode)
+
+    def target_size(self, shape: Sequence[int]) -> tuple[int, int]:
+        """(rows, columns) for an array of spatial ``shape``: the short side ``size``, the long one scaled alike."""
+        rows, cols = int(shape[0]), int(shape[1])
+        scale = self.size / min(rows, cols)
+        return (self.size, max(self.size, round(cols * scale))) if rows <= cols else (max(self.size, round(rows * scale)), self.size)
+
+    def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
+        """The resized array."""
+        from monai.transforms import Resize
+
+        if len(img.shape) != 3:
+            raise ValueError(f"ResizeShortSide takes a channel-first 2-D array (C, rows, columns), got shape {tuple(img.shape)}")
+        out = Resize(spatial_size=self.target_size(img.shape[1:]), mode=self.mode)(img)
+        if isinstance(img, np.ndarray):
+            out = convert_data_type(out, output_type=np.ndarray)[0]
+        return out
+
+
+class ValidPixelMask(Transform):
+    """Label map -> float32 mask of the same shape: 1 where the pixel is labelled, 0 where it holds ``ignore_index``.
+
+    The segmentation convention: ignored pixels get code 0 in the code mask (:class:`LabelMapToCodeMask`'s
+    ``ignore_value``) and this mask, which the loss multiplies the label half with; metrics use
+    ``ignore_index`` on the label map itself.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, ignore_index: int = 255) -> None:
+        self.ignore_index = int(ignore_index)
+
+    def __call__(self, label_map: NdarrayOrTensor) -> NdarrayOrTensor:
+        """The valid-pixel mask of ``label_map``."""
+        lm = _as_plain_tensor(label_map, "label_map")
+        return _restore_type((lm != self.ignore_index).to(torch.float32), label_map, torch.float32, keep_meta=True)

@@ -9,21 +9,34 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.config.type_definitions import NdarrayOrTensor
 from monai.transforms import LoadImaged, MapTransform, RandomizableTransform
-from monai.utils import ensure_tuple
+from monai.utils import convert_data_type, ensure_tuple
 
 from medsymmflow.codes import ClassCodebook
 from medsymmflow.transforms.array import (
     ClassToCodeMask,
+    CocoStuffToClasses,
     CodeMaskToClass,
     EnsureSpatial2D,
+    FlipSwap,
     LabelMapToCodeMask,
     LoadImageFile,
+    LoadLabelMap,
     MatchChannels,
+    RemapLabels,
+    ResizeShortSide,
     StrictScaleIntensityRange,
     UniformDequantize,
+    ValidPixelMask,
 )
 
 __all__ = [
+    "CocoStuffToClassesd",
+    "FlipSwapd",
+    "LoadLabelMapd",
+    "RandFlipSwapd",
+    "RemapLabelsd",
+    "ResizeShortSided",
+    "ValidPixelMaskd",
     "ClassToCodeMaskD",
     "ClassToCodeMaskDict",
     "ClassToCodeMaskd",
@@ -322,3 +335,174 @@ class StrictScaleIntensityRanged(_PerKey):
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.converter = StrictScaleIntensityRange(a_min, a_max, b_min, b_max, tolerance)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Segmentation: the dictionary twins of the label-map transforms (image and label map keys together).
+
+
+class LoadLabelMapd(LoadImaged):
+    """Dictionary version of :class:`LoadLabelMap`: label-map files -> ``(1, rows, columns)`` class indices."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        image_only: bool = True,
+        dtype: np.dtype | type | str | None = np.float32,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, image_only=image_only, dtype=dtype, ensure_channel_first=True, allow_missing_keys=allow_missing_keys)
+        self._loader = LoadLabelMap(image_only=image_only, dtype=dtype)
+
+
+class RemapLabelsd(_PerKey):
+    """Dictionary version of :class:`RemapLabels`."""
+
+    backend = RemapLabels.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        source_values: Sequence[int],
+        ignore_index: int | None = None,
+        what: str = "dataset",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = RemapLabels(source_values, ignore_index=ignore_index, what=what)
+
+
+class CocoStuffToClassesd(_PerKey):
+    """Dictionary version of :class:`CocoStuffToClasses`: raw COCO-Stuff label values -> classes 0..170, 255 kept."""
+
+    backend = CocoStuffToClasses.backend
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.converter = CocoStuffToClasses()
+
+
+class FlipSwapd(MapTransform):
+    """Dictionary version of :class:`FlipSwap`: flips every key, and swaps ``swap``'s classes in ``label_keys``.
+
+    Args:
+        keys: every key to flip (e.g. ``["image", "label"]``).
+        swap: class pairs ``{a: b}`` or the dataset's class names (their ``l_`` / ``r_`` pairs).
+        label_keys: the keys holding label maps (default: every key but ``"image"``).
+        spatial_axis: 1, the column axis of arrays read rows first (LoadImageFiled / LoadLabelMapd).
+        allow_missing_keys: skip missing keys instead of raising.
+    """
+
+    backend = FlipSwap.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        swap: Mapping[int, int] | Sequence[str],
+        label_keys: KeysCollection | None = None,
+        spatial_axis: int = 1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_keys = set(ensure_tuple(label_keys)) if label_keys is not None else {k for k in self.keys if k != "image"}
+        unknown = self.label_keys - set(self.keys)
+        if unknown:
+            raise ValueError(f"label_keys {sorted(map(str, unknown))} are not among the keys {list(self.keys)}")
+        self.flip_image = FlipSwap(spatial_axis)
+        self.flip_label = FlipSwap(spatial_axis, swap=swap)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Flip every key (label keys with their classes swapped)."""
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = (self.flip_label if key in self.label_keys else self.flip_image)(d[key])
+        return d
+
+
+class RandFlipSwapd(RandomizableTransform, FlipSwapd):
+    """:class:`FlipSwapd` with probability ``prob``: one draw per call flips image and label maps together.
+
+    The horizontal flip for faces: a flipped face's left eye is where its right eye was, so the flip
+    exchanges the left/right classes (``swap``) along with the pixels; a plain ``RandFlipd`` would teach the
+    network that left and right eyes are one class. Reproducible through ``set_random_state(seed)``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        swap: Mapping[int, int] | Sequence[str],
+        label_keys: KeysCollection | None = None,
+        prob: float = 0.5,
+        spatial_axis: int = 1,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        FlipSwapd.__init__(self, keys, swap, label_keys=label_keys, spatial_axis=spatial_axis, allow_missing_keys=allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Flip-and-swap all keys with probability ``prob``, else return them unchanged."""
+        self.randomize(None)
+        if not self._do_transform:
+            return dict(data)
+        return FlipSwapd.__call__(self, data)
+
+
+class ResizeShortSided(MapTransform):
+    """Dictionary version of :class:`ResizeShortSide`, one ``mode`` per key (e.g. ``["area", "nearest-exact"]``).
+
+    Every key gets the target size of the first key's array, so an image and its label map stay on one grid.
+    """
+
+    backend = ResizeShortSide.backend
+
+    def __init__(
+        self, keys: KeysCollection, size: int, mode: str | Sequence[str] = "area", allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        modes = ensure_tuple(mode) if not isinstance(mode, str) else (mode,) * len(self.keys)
+        if len(modes) != len(self.keys):
+            raise ValueError(f"mode must be one mode or one per key: got {len(modes)} for keys {self.keys}")
+        self.resizers = {k: ResizeShortSide(size, m) for k, m in zip(self.keys, modes)}
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Resize every key to the target size of the first one present."""
+        d = dict(data)
+        present = list(self.key_iterator(d))
+        if not present:
+            return d
+        shapes = {k: tuple(d[k].shape[1:]) for k in present}
+        if len(set(shapes.values())) > 1:
+            raise ValueError(f"the arrays to resize together differ in size: {shapes}")
+        from monai.transforms import Resize
+
+        target = self.resizers[present[0]].target_size(shapes[present[0]])
+        for key in present:
+            out = Resize(spatial_size=target, mode=self.resizers[key].mode)(d[key])
+            d[key] = convert_data_type(out, output_type=np.ndarray)[0] if isinstance(d[key], np.ndarray) else out
+        return d
+
+
+class ValidPixelMaskd(MapTransform):
+    """Dictionary version of :class:`ValidPixelMask`: writes ``output_keys`` (default ``"valid"``) from label maps."""
+
+    backend = ValidPixelMask.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ignore_index: int = 255,
+        output_keys: KeysCollection | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.masker = ValidPixelMask(ignore_index)
+        default = ["valid"] if len(self.keys) == 1 else [f"{k}_valid" for k in self.keys]
+        self.output_keys = _keys_like(self.keys, output_keys, default, "output_keys")
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        """Add the valid-pixel mask of every key."""
+        d = dict(data)
+        for key, out_key in self.key_iterator(d, self.output_keys):
+            d[out_key] = self.masker(d[key])
+        return d
+
