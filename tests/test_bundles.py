@@ -370,7 +370,7 @@ def test_multi_process_training_with_gloo(data_dir: Path, tmp_path: Path) -> Non
     out = tmp_path / "ddp"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "monai.bundle", "run",
-        "--config_file", "['bundles/pneumoniamnist/train.json','bundles/pneumoniamnist/multi_gpu_train.json']",
+        "--config_file", "['bundles/pneumoniamnist/train.json','configs/multi_gpu_train.json']",
         *tiny(data_dir, out, "--epochs", "1", "--batch_size", "8", "--warmup_epochs", "0",
               "--training#val_interval", "1", "--evaluation#runs", "1"),
     ]
