@@ -80,7 +80,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--dataset-dir", default=None, help="folder with <flag>.npz (default: medmnist's ~/.medmnist)")
     parser.add_argument("--download", action="store_true", help="let medmnist download a missing npz")
     parser.add_argument("--size", type=int, default=28, help="image size (28, 64, 128, 224)")
-    parser.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock budget of the run; 0 = none")
+    parser.add_argument(
+        "--budget-minutes", type=float, default=30.0,
+        help="wall-clock training budget (medsymmflow's TrainingBudget, from the trainer's start); 0 = none",
+    )
     parser.add_argument("--max-epochs", type=int, default=None, help="epoch cap (required with --budget-minutes 0)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")

@@ -1,55 +1,50 @@
-"""A plain ResNet-18 classifier trained under a wall-clock budget: the fair baseline next to MedSymmFlow.
+"""A plain ResNet-18 classifier trained on the same engine stack and budget as MedSymmFlow: the fair baseline.
 
 The network is MONAI's ResNet-18. For 28 px MedMNIST images the stem is the usual small-input
 adaptation (MedMNIST's own ResNet-18 (28) does the same): a 3x3 stride-1 first convolution and no
 max-pool, so the 28 px image is not shrunk to 7 px before the first residual stage.
 
-Training: AdamW, cross-entropy, batches drawn from the split held in memory as one tensor, optional
-batch augmentation (:func:`medsymmflow.data.augment.batch_augment`, the same function the SymmFlow
-trainer can use). The first epoch runs at the peak learning rate and doubles as the timing epoch:
-from its duration the number of epochs that fit the budget is planned, and a cosine schedule
-takes the learning rate to zero over the remaining planned epochs. Everything counts against the
-budget: loading the data, validation every epoch, and the final test evaluation (reserved up front).
-The budget is checked before every training step: when the step, a validation pass and the test
-reserve would no longer fit (the CPU may slow down when shared), the epoch ends there, is
-validated, and training stops.
-The checkpoint with the best validation AUC (ties: accuracy) is kept in memory and evaluated on the
-test split with torchmetrics and with medmnist's own Evaluator.
+Training (:mod:`medsymmflow.baselines.engines`): MONAI's ``SupervisedTrainer`` with cross-entropy,
+AdamW from the peak learning rate and MONAI's cosine schedule to 0, optional batch augmentation
+(:func:`medsymmflow.data.augment.batch_augment`, the same function the SymmFlow trainer can use),
+validation every epoch with the same metric handlers as MedSymmFlow, the same
+:class:`~medsymmflow.engines.TrainingBudget` (the first epoch's time plans how many epochs fit, the
+plan and the end of the cosine schedule are revised after every epoch, training stops when the
+budget is spent) and the same :class:`~medsymmflow.engines.AtomicCheckpointSaver` keeping the
+weights of the best validation AUC. Those weights are then scored on the validation and test splits
+by :class:`~medsymmflow.engines.ClassificationReport` (torchmetrics and medmnist's own Evaluator),
+which writes the predictions tables of :mod:`medsymmflow.reports.predictions`.
 """
 
 from __future__ import annotations
 
-import copy
-import io
+import contextlib
 import json
 import logging
 import math
 import os
+import tempfile
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from medsymmflow.baselines.engines import BEST_MODEL_FILE, BaselineEngines, build_baseline_engines, build_evaluator
+from medsymmflow.checks import nonnegative_float, positive_float, positive_int
 from medsymmflow.data.augment import BatchAugment
 from medsymmflow.data.medmnist import MedMNISTArrays, load_medmnist
-from medsymmflow.data.sampling import make_sampler
+from medsymmflow.engines import ClassificationReport
 from medsymmflow.io import atomic_write, json_safe
-from medsymmflow.metrics.classification import medmnist_metrics, torchmetrics_metrics
 from medsymmflow.precision import autocast_context, resolve_autocast
-from medsymmflow.reports.predictions import write_predictions
+from medsymmflow.reports.predictions import PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 
-__all__ = ["build_resnet18", "predict_probabilities", "train_resnet_baseline", "write_softmax_predictions"]
+__all__ = ["build_resnet18", "predict_probabilities", "train_resnet_baseline"]
 
 logger = logging.getLogger(__name__)
-
-# the final test pass, the medmnist Evaluator reads and the file writes are reserved from the budget
-# as (test images x measured seconds per validation image) x this factor + a fixed margin
-_TEST_RESERVE_FACTOR = 1.2
-_TEST_RESERVE_SECONDS = 2.0
 
 
 def build_resnet18(in_channels: int, num_classes: int, small_input: bool = True) -> nn.Module:
@@ -93,24 +88,6 @@ def predict_probabilities(
     return torch.cat(parts)
 
 
-def write_softmax_predictions(path: str | os.PathLike, probs: torch.Tensor, labels: torch.Tensor) -> Path:
-    """Write a predictions table (:mod:`medsymmflow.reports.predictions`) of softmax ``probs``; uncertainty = 1 - max softmax."""
-    probs = torch.as_tensor(probs).double()
-    labels = torch.as_tensor(labels).long().reshape(-1)
-    if probs.ndim != 2 or probs.shape[0] != labels.shape[0]:
-        raise ValueError(f"probs (N, K) and labels (N,) disagree: {tuple(probs.shape)} vs {tuple(labels.shape)}")
-    confidence, pred = probs.max(dim=1)
-    return write_predictions(path, labels=labels, pred=pred, uncertainty=1.0 - confidence, scores=probs)
-
-
-def _check_positive_int(name: str, value: Any, allow_none: bool = False) -> None:
-    """ValueError unless ``value`` is an int >= 1 (or None when allowed)."""
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
-
-
 def _check_args(
     budget_minutes: float | None,
     max_epochs: int | None,
@@ -127,65 +104,16 @@ def _check_args(
     if budget_minutes is not None:
         if isinstance(budget_minutes, bool) or not isinstance(budget_minutes, (int, float)):
             raise TypeError(f"budget_minutes must be a number or None, got {type(budget_minutes).__name__}")
-        if not (math.isfinite(budget_minutes) and budget_minutes > 0):
-            raise ValueError(f"budget_minutes must be > 0, got {budget_minutes}")
-    _check_positive_int("max_epochs", max_epochs, allow_none=True)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("log_every", log_every)
-    _check_positive_int("threads", threads, allow_none=True)
-    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if not (isinstance(weight_decay, (int, float)) and math.isfinite(weight_decay) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
+        positive_float(budget_minutes, "budget_minutes")
+    positive_int(batch_size, "batch_size")
+    positive_int(log_every, "log_every")
+    for name, value in (("max_epochs", max_epochs), ("threads", threads)):
+        if value is not None:  # None: no cap / torch's thread count
+            positive_int(value, name)
+    positive_float(lr, "lr")
+    nonnegative_float(weight_decay, "weight_decay")
     if not (isinstance(augment, bool) or augment is None or callable(augment)):
         raise TypeError(f"augment must be a bool, None or a callable (images, generator) -> images, got {augment!r}")
-
-
-def _selection_key(metrics: dict[str, float]) -> tuple[float, float]:
-    """Validation AUC first, accuracy second; a NaN AUC (one class in val) ranks by accuracy alone."""
-    auc = metrics["auc"]
-    return (auc if math.isfinite(auc) else -math.inf, metrics["acc"])
-
-
-def _seconds_needed(
-    step_seconds: float, train_image_seconds: float, n_val: int, n_test: int, val_seconds: float | None, reserve: float
-) -> float:
-    """Seconds one more training step, a validation pass and the test reserve take.
-
-    Until the first validation pass is timed, a training image's time stands in for an evaluation
-    image's: an over-estimate, since a forward pass costs about a third of a training step.
-    """
-    if val_seconds is not None:
-        return step_seconds + val_seconds + reserve
-    return step_seconds + train_image_seconds * (n_val + _TEST_RESERVE_FACTOR * n_test) + _TEST_RESERVE_SECONDS
-
-
-def _write_outputs(
-    output_dir: Path,
-    state: dict[str, torch.Tensor],
-    test: MedMNISTArrays,
-    test_probs: torch.Tensor,
-    val: MedMNISTArrays,
-    val_probs: torch.Tensor,
-) -> None:
-    """Write model.pt and the test / val prediction files atomically (metrics.json comes last, separately)."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    atomic_write(output_dir / "model.pt", buf.getvalue())
-    write_softmax_predictions(output_dir / "predictions.csv", test_probs, test.labels)
-    write_softmax_predictions(output_dir / "val_predictions.csv", val_probs, val.labels)
-
-
-def _split_report(
-    arrays: MedMNISTArrays, probs: torch.Tensor, dataset_dir: Path | None
-) -> dict[str, Any]:
-    """ACC / AUC of one split with torchmetrics and, when the npz folder is known, medmnist's Evaluator."""
-    report: dict[str, Any] = {"num_samples": len(arrays), "torchmetrics": torchmetrics_metrics(probs, arrays.labels)}
-    if dataset_dir is not None:
-        # medmnist thresholds the last column at 0.5 on binary tasks: the (N, 2) softmax makes that the argmax
-        report["medmnist"] = medmnist_metrics(arrays.flag, arrays.split, probs.numpy(), dataset_dir, arrays.size)
-    return report
 
 
 def train_resnet_baseline(
@@ -209,19 +137,22 @@ def train_resnet_baseline(
 ) -> dict[str, Any]:
     """Train MONAI's ResNet-18 on a MedMNIST flag within ``budget_minutes`` and evaluate its best checkpoint.
 
-    ``budget_minutes`` bounds the whole call (data loading, training, validation, test evaluation) and
-    is checked before every step; ``max_epochs`` caps the epochs; give either or both. At least one
-    training step always runs, so a budget shorter than one step plus the evaluations is overrun.
-    ``augment``: True uses :class:`BatchAugment` defaults (horizontal flips, shifts up to 2 px), a
-    callable ``(images, generator) -> images`` replaces it, False/None disables it. ``balanced`` draws
-    classes equally often. ``threads`` sets torch's CPU threads for the call (restored afterwards).
-    ``log_every``: log an epoch line every that many epochs (the first, best and last are always logged).
-    ``autocast``: mixed precision for training and prediction (``none`` / ``auto`` / ``bfloat16`` /
-    ``float16``, see :mod:`medsymmflow.precision`), so the baseline can get the same speed-up as SymmFlow.
+    ``budget_minutes`` is the :class:`~medsymmflow.engines.TrainingBudget` of the training (counted from
+    the trainer's start, validation included, a reserve kept for the test evaluation); it plans the
+    epochs after each one and stops training when spent; ``max_epochs`` caps the epochs; give either
+    or both. A run stopped before its first validation validates once at the end, so a checkpoint is
+    always chosen. ``augment``: True uses :class:`BatchAugment` defaults (horizontal flips, shifts up
+    to 2 px), a callable ``(images, generator) -> images`` replaces it, False/None disables it.
+    ``balanced`` draws classes equally often. ``threads`` sets torch's CPU threads for the call
+    (restored afterwards). ``log_every``: with INFO logging on, log the epoch metrics every that many
+    epochs (and the first). ``autocast``: mixed precision for training and prediction (``none`` /
+    ``auto`` / ``bfloat16`` / ``float16``, see :mod:`medsymmflow.precision`), so the baseline can get
+    the same speed-up as SymmFlow. The same seed gives the same weights and predictions; the caller's
+    torch RNG is left as it was.
 
-    Writes, when ``output_dir`` is given: ``model.pt`` (best state_dict), ``predictions.csv`` (test),
-    ``val_predictions.csv`` and ``metrics.json`` (last, so its presence means the run completed).
-    Returns the metrics.json content.
+    Writes, when ``output_dir`` is given: ``model.pt`` (the best validation AUC's state_dict),
+    ``val_predictions.csv``, ``predictions.csv`` (test) and ``metrics.json`` (last, so its presence
+    means the run completed). Returns the metrics.json content.
     """
     start = time.perf_counter()
     _check_args(budget_minutes, max_epochs, batch_size, lr, weight_decay, log_every, threads, augment)
@@ -230,36 +161,87 @@ def train_resnet_baseline(
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _train(
-            start=start,
-            flag=flag,
-            dataset_dir=dataset_dir,
-            download=download,
-            size=size,
-            budget_seconds=math.inf if budget_minutes is None else 60.0 * float(budget_minutes),
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            lr=float(lr),
-            weight_decay=float(weight_decay),
-            augment=augment,
-            balanced=bool(balanced),
-            seed=int(seed),
-            device=torch.device(device),
-            output_dir=None if output_dir is None else Path(output_dir),
-            log_every=log_every,
-            autocast_dtype=autocast_dtype,
-        )
+        # the model's initial weights come from the seeded global RNG; the fork gives the caller its state back
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            return _run(
+                start=start,
+                flag=flag,
+                dataset_dir=dataset_dir,
+                download=download,
+                size=size,
+                budget_minutes=None if budget_minutes is None else float(budget_minutes),
+                max_epochs=max_epochs,
+                batch_size=batch_size,
+                lr=float(lr),
+                weight_decay=float(weight_decay),
+                augment=augment,
+                balanced=bool(balanced),
+                seed=int(seed),
+                device=torch.device(device),
+                output_dir=None if output_dir is None else Path(output_dir),
+                log_every=log_every,
+                autocast_dtype=autocast_dtype,
+            )
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(
+def _history(engines: BaselineEngines) -> list[dict[str, Any]]:
+    """One row per validation (normally one per epoch) from MONAI's MetricLogger: train loss and val ACC / AUC."""
+    length = int(engines.trainer.state.epoch_length)
+    losses: dict[int, list[float]] = defaultdict(list)
+    for iteration, loss in engines.history.loss:
+        losses[math.ceil(iteration / length)].append(loss)
+    rows = []
+    for (iteration, auc), (_, acc) in zip(engines.history.metrics["val_auc"], engines.history.metrics["val_acc"]):
+        epoch = math.ceil(iteration / length)
+        steps = losses[epoch]
+        rows.append(
+            {
+                "epoch": epoch,
+                "steps": len(steps),
+                "complete": len(steps) == length,
+                "loss": sum(steps) / max(len(steps), 1),
+                "val_acc": float(acc),
+                "val_auc": float(auc),
+            }
+        )
+    return rows
+
+
+def _score_split(
+    arrays: MedMNISTArrays,
+    network: nn.Module,
+    engines: BaselineEngines,
+    device: torch.device,
+    folder: Path,
+    predictions_file: str,
+    dataset_dir: Path | None,
+) -> dict[str, Any]:
+    """Evaluate ``network`` on one split through ClassificationReport (writes the predictions table); its metrics."""
+    report = ClassificationReport(
+        output_dir=folder,
+        flag=arrays.flag,
+        split=arrays.split,
+        dataset_dir=dataset_dir,
+        size=arrays.size,
+        class_names=arrays.class_names,
+        metrics_file=None,
+        predictions_file=predictions_file,
+    )
+    build_evaluator(arrays, network, device, engines.inferer, handlers=[report]).run()
+    # medmnist thresholds the last column at 0.5 on binary tasks: the (N, 2) softmax makes that the argmax
+    return {"num_samples": len(arrays), **report.results["runs"][0]}
+
+
+def _run(
     start: float,
     flag: str,
     dataset_dir: str | os.PathLike | None,
     download: bool,
     size: int,
-    budget_seconds: float,
+    budget_minutes: float | None,
     max_epochs: int | None,
     batch_size: int,
     lr: float,
@@ -277,123 +259,34 @@ def _train(
         load_medmnist(flag, split, size=size, dataset_dir=dataset_dir, download=download)
         for split in ("train", "val", "test")
     )
+    val.require_every_class(f"validation (its AUC picks {BEST_MODEL_FILE})")
     npz_dir = None if train.path is None else train.path.parent
-    train_images, train_labels = train.images.to(device), train.labels.to(device)
     load_seconds = time.perf_counter() - start
-
-    # fork the global RNG so building the model from the seed leaves the caller's RNG state untouched
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_resnet18(train.channels, train.num_classes, small_input=size <= 32).to(device)
+    model = build_resnet18(train.channels, train.num_classes, small_input=size <= 32).to(device)
     augmenter = BatchAugment() if augment is True else (augment or None)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    sampler = make_sampler(train.labels, balanced=balanced, seed=seed, distributed=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(sampler) / batch_size)
-    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
-
-    planned = max_epochs
-    finite_budget = math.isfinite(budget_seconds)
-    val_seconds: float | None = None  # one validation pass; measured at the end of every epoch
-    reserve = 0.0  # seconds kept for the final test pass and the writes
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"key": (-math.inf, -math.inf)}
-    stopped_by_budget = False
-    epoch = 0
     logger.info(
         "ResNet-18 on %s (%d train / %d val / %d test, %d classes), budget %s, data loaded in %.1f s",
         train.flag, len(train), len(val), len(test), train.num_classes,
-        "none" if not finite_budget else f"{budget_seconds / 60:.1f} min", load_seconds,
+        "none" if budget_minutes is None else f"{budget_minutes:.1f} min", load_seconds,
     )
-    while True:
-        epoch += 1
-        epoch_start = time.perf_counter()
-        model.train()
-        order = torch.as_tensor(list(sampler), dtype=torch.long)
-        loss_sum, seen, steps = 0.0, 0, 0
-        current_lr = optimizer.param_groups[0]["lr"]
-        for i in range(0, order.numel(), batch_size):
-            if finite_budget and seen > 0:
-                now = time.perf_counter()
-                per_image = (now - epoch_start) / seen
-                need = _seconds_needed(per_image * batch_size, per_image, len(val), len(test), val_seconds, reserve)
-                if now - start + need > budget_seconds:
-                    stopped_by_budget = True
-                    break
-            index = order[i : i + batch_size].to(device)
-            images, labels = train_images[index], train_labels[index]
-            if augmenter is not None:
-                images = augmenter(images, generator=generator)
-            with autocast_context(device, autocast_dtype):
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            loss_sum += float(loss.detach()) * index.numel()
-            seen += index.numel()
-            steps += 1
-        val_start = time.perf_counter()
-        val_probs = predict_probabilities(model, val.images, device=device, autocast_dtype=autocast_dtype)
-        val_metrics = torchmetrics_metrics(val_probs, val.labels)
-        now = time.perf_counter()
-        epoch_seconds = now - epoch_start
-        val_seconds = now - val_start
-        reserve = _TEST_RESERVE_FACTOR * val_seconds * len(test) / len(val) + _TEST_RESERVE_SECONDS
-
-        if epoch == 1:
-            if finite_budget:
-                fit = 1 + max(0, math.floor((budget_seconds - (now - start) - reserve) / epoch_seconds))
-                planned = fit if max_epochs is None else min(max_epochs, fit)
-            if stopped_by_budget:
-                planned = 1
-            if planned > 1:
-                # cosine from the peak lr to 0 over the epochs after the timing epoch
-                scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=(planned - 1) * steps_per_epoch)
-            logger.info(
-                "planned %d epoch(s) of %.1f s each (%d steps of batch %d)",
-                planned, epoch_seconds, steps_per_epoch, batch_size,
-            )
-
-        improved = _selection_key(val_metrics) > best["key"]
-        if improved:
-            best = {
-                "key": _selection_key(val_metrics),
-                "epoch": epoch,
-                "state": copy.deepcopy(model.state_dict()),
-                "val_probs": val_probs,
-            }
-        history.append(
-            {
-                "epoch": epoch,
-                "steps": steps,
-                "complete": steps == steps_per_epoch,
-                "loss": loss_sum / max(seen, 1),
-                "lr": current_lr,
-                "val_acc": val_metrics["acc"],
-                "val_auc": val_metrics["auc"],
-                "seconds": epoch_seconds,
-                "elapsed_seconds": now - start,
-            }
+    # without an output folder the best checkpoint and the tables live in a folder removed afterwards
+    with tempfile.TemporaryDirectory() if output_dir is None else contextlib.nullcontext(str(output_dir)) as where:
+        folder = Path(where)
+        engines = build_baseline_engines(
+            model, train, val, folder, device, max_epochs=max_epochs, budget_minutes=budget_minutes,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, augment=augmenter, balanced=balanced,
+            seed=seed, autocast_dtype=autocast_dtype, log_every=log_every,
         )
-        last = epoch >= planned or stopped_by_budget
-        if improved or last or epoch == 1 or epoch % log_every == 0:
-            logger.info(
-                "epoch %d/%d%s loss %.4f lr %.2e val acc %.4f auc %.4f%s | %.1f s, elapsed %.1f min",
-                epoch,
-                planned,
-                "" if steps == steps_per_epoch else f" ({steps}/{steps_per_epoch} steps, budget reached)",
-                history[-1]["loss"], current_lr, val_metrics["acc"], val_metrics["auc"],
-                " (best)" if improved else "", epoch_seconds, (now - start) / 60.0,
-            )
-        if last:
-            break
-    train_seconds = time.perf_counter() - start - load_seconds
+        trainer = engines.trainer
+        trainer.run()
+        if engines.saver.state_dict()["best_epoch"] is None:  # the budget ended before the first validation
+            engines.evaluator.run(trainer.state.epoch)
+        train_seconds = time.perf_counter() - start - load_seconds
+        model.load_state_dict(torch.load(folder / BEST_MODEL_FILE, map_location=device, weights_only=True))
+        val_report = _score_split(val, model, engines, device, folder, VAL_PREDICTIONS_FILE, npz_dir)
+        test_report = _score_split(test, model, engines, device, folder, PREDICTIONS_FILE, npz_dir)
 
-    model.load_state_dict(best["state"])
-    test_probs = predict_probabilities(model, test.images, device=device, autocast_dtype=autocast_dtype)
+    state = trainer.state
     result: dict[str, Any] = {
         "model": "monai.networks.nets.resnet18" + (" (3x3 stride-1 stem, no max-pool)" if size <= 32 else ""),
         "num_parameters": sum(p.numel() for p in model.parameters()),
@@ -404,13 +297,15 @@ def _train(
         "class_names": list(train.class_names),
         "uncertainty": "1 - max softmax probability",
         "config": {
-            "budget_minutes": None if math.isinf(budget_seconds) else budget_seconds / 60.0,
+            "budget_minutes": budget_minutes,
             "max_epochs": max_epochs,
             "batch_size": batch_size,
             "lr": lr,
             "weight_decay": weight_decay,
             "optimizer": "AdamW",
-            "schedule": "peak lr for the timing epoch, then cosine to 0 over the remaining planned epochs",
+            "schedule": "cosine from the peak lr to 0 at the end of the planned epochs (MONAI WarmupCosineSchedule, no warm-up)",
+            "engines": "monai.engines.SupervisedTrainer, medsymmflow.engines.TrainingBudget (plan_epochs), "
+            "medsymmflow.engines.AtomicCheckpointSaver (best val_auc)",
             "augment": repr(augmenter) if augmenter is not None else None,
             "balanced": balanced,
             "seed": seed,
@@ -419,27 +314,27 @@ def _train(
             "autocast": None if autocast_dtype is None else str(autocast_dtype).replace("torch.", ""),
         },
         "training": {
-            "epochs_planned": planned,
-            "epochs_run": epoch,
-            "best_epoch": best["epoch"],
-            "stopped_by_budget": stopped_by_budget,
+            # a budget that ended within the first epoch never planned: that epoch was all there was
+            "epochs_planned": int(state.max_epochs) if state.iteration >= state.epoch_length else int(state.epoch),
+            "epochs_run": int(state.epoch),
+            "best_epoch": engines.saver.state_dict()["best_epoch"],
+            "stopped_by_budget": int(state.iteration) < int(state.max_epochs) * int(state.epoch_length),
             "load_seconds": load_seconds,
             "train_seconds": train_seconds,
-            "history": history,
+            "history": _history(engines),
         },
-        "val": _split_report(val, best["val_probs"], npz_dir),
-        "test": _split_report(test, test_probs, npz_dir),
+        "val": val_report,
+        "test": test_report,
     }
     if output_dir is not None:
-        _write_outputs(output_dir, best["state"], test, test_probs, val, best["val_probs"])
         result["output_dir"] = str(output_dir)
     result["training"]["total_seconds"] = time.perf_counter() - start
     result = json_safe(result)
     if output_dir is not None:
         atomic_write(output_dir / "metrics.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
     logger.info(
-        "best epoch %d: test %s, %.1f min in total",
-        best["epoch"],
+        "best epoch %s: test %s, %.1f min in total",
+        result["training"]["best_epoch"],
         ", ".join(
             f"{source} acc {m['acc']:.4f} auc " + ("nan" if m["auc"] is None else f"{m['auc']:.4f}")
             for source, m in result["test"].items()

@@ -35,7 +35,10 @@ class ClassificationReport:
     (the table of :mod:`medsymmflow.reports.predictions`) holds the first run per sample: index, label,
     the class the evaluator's decision chose (``preds``; the nearest code when it gives none), its
     uncertainty, the distance to every code, the scores, the mode decision and its uncertainty, and the
-    spread of the prediction over noise draws.
+    spread of the prediction over noise draws. A plain classifier's evaluator (the ResNet-18 baseline's,
+    see :class:`medsymmflow.baselines.engines.SoftmaxOutputs`) gives ``scores``, ``preds`` and
+    ``uncertainty`` but no ``distances``: its table then has no distance, mode or spread columns.
+    ``metrics_file=None`` writes no metrics file (``results`` still holds what it would hold).
     """
 
     def __init__(
@@ -49,7 +52,7 @@ class ClassificationReport:
         class_names: Sequence[str] | None = None,
         prefix: str = "",
         extra: dict[str, Any] | None = None,
-        metrics_file: str = "metrics.json",
+        metrics_file: str | None = "metrics.json",
         predictions_file: str = "predictions.csv",
     ) -> None:
         self.output_dir = Path(output_dir)
@@ -84,21 +87,23 @@ class ClassificationReport:
 
     def _write(self, engine: Engine) -> None:
         labels = self._cat("label", 0)
-        distances = self._cat("distances", 1)  # (runs, N, K)
-        if labels is None or distances is None:
+        if labels is None:
             raise ValueError("ClassificationReport needs labelled data: the evaluator produced no 'label'")
+        distances = self._cat("distances", 1)  # (runs, N, K); a plain classifier gives none
         scores = self._cat("scores", 1)  # (runs, N, K) when the evaluator scores the classes itself
+        if distances is None and scores is None:
+            raise ValueError("ClassificationReport needs per-class 'scores' or 'distances' from the evaluator")
         preds = self._cat("preds", 1)  # (runs, N): the classes the evaluator's decision chose
         uncertainty = self._cat("uncertainty", 1)
         draws = self._cat("draw_distances", 2)  # (runs, R, N, K)
         pred_mode, unc_mode = self._cat("pred_mode", 1), self._cat("uncertainty_mode", 1)
         index = self._cat("index", 0)
-        n, k = labels.shape[0], distances.shape[2]
+        num_runs, n, k = (distances if distances is not None else scores).shape
         index = torch.arange(n) if index is None else index
 
         run_probs = [
             scores[r].double() if scores is not None else probabilities(distances[r], self.temperature)
-            for r in range(distances.shape[0])
+            for r in range(num_runs)
         ]
         runs = []
         for probs in run_probs:
@@ -114,7 +119,7 @@ class ClassificationReport:
             "split": self.split,
             "num_samples": int(n),
             "num_classes": int(k),
-            "num_runs": int(distances.shape[0]),
+            "num_runs": int(num_runs),
             "temperature": self.temperature,
             "score": getattr(engine, "score", "softmax"),  # how the evaluator scored each class
             "class_names": self.class_names or [str(c) for c in range(k)],
@@ -126,17 +131,22 @@ class ClassificationReport:
             for name, value in metrics.items():
                 engine.state.metrics[f"{self.prefix}{source}_{name}"] = value["mean"]
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(self.output_dir / self.metrics_file, json.dumps(self.results, indent=2) + "\n")
+        if self.metrics_file is not None:
+            atomic_write(self.output_dir / self.metrics_file, json.dumps(self.results, indent=2) + "\n")
 
         spread = _draw_spread(draws[0]) if draws is not None else None
+        if preds is not None:
+            pred = preds[0]
+        else:  # the nearest code, or the top score of a plain classifier
+            pred = distances[0].argmin(1) if distances is not None else run_probs[0].argmax(1)
         write_predictions(
             self.output_dir / self.predictions_file,
             labels=labels,
-            pred=preds[0] if preds is not None else distances[0].argmin(1),
+            pred=pred,
             uncertainty=uncertainty[0],
             scores=run_probs[0],
             index=index,
-            distances=distances[0],
+            distances=None if distances is None else distances[0],
             pred_mode=pred_mode[0] if pred_mode is not None else None,
             uncertainty_mode=unc_mode[0] if unc_mode is not None else None,
             spread=spread,
