@@ -41,6 +41,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from medsymmflow.checks import positive_float
+
 __all__ = [
     "CODE_KINDS",
     "DECISIONS",
@@ -49,6 +51,8 @@ __all__ = [
     "CodebookDecoding",
     "beta_to_amplitude",
     "decision_scores",
+    "distance_logits",
+    "distance_softmax",
     "majority_class",
 ]
 
@@ -66,6 +70,16 @@ _EXACT = "donot_use_mm_for_euclid_dist"
 def beta_to_amplitude(beta: float) -> float:
     """Half-width in code units of the dequantization noise ``beta * U(-1/2, 1/2) / 127.5``."""
     return float(beta) / 255.0
+
+
+def distance_logits(distances: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits ``-d / tau`` of distances ``(B, K)``: nearer codes score higher (the one definition of the map)."""
+    return -torch.as_tensor(distances) / positive_float(temperature, "temperature")
+
+
+def distance_softmax(distances: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Class probabilities ``softmax(-d / tau)`` over the class axis of distances ``(B, K)``, in their dtype."""
+    return torch.softmax(distance_logits(distances, temperature), dim=1)
 
 
 @dataclass
@@ -382,9 +396,7 @@ class ClassCodebook:
         """Per-class scores from distances ``(B, K)``: ``-d`` or, with a temperature, ``softmax(-d / tau)``."""
         if temperature is None:
             return -distances
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        return torch.softmax(-distances / temperature, dim=1)
+        return distance_softmax(distances, temperature)
 
     def _check_code_mask(self, code_mask: torch.Tensor) -> torch.Tensor:
         y = torch.as_tensor(code_mask)
