@@ -41,7 +41,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from medsymmflow.checks import positive_float
+from medsymmflow.checks import nonnegative_float, positive_float
 
 __all__ = [
     "CODE_KINDS",
@@ -51,6 +51,7 @@ __all__ = [
     "CodebookDecoding",
     "beta_to_amplitude",
     "decision_scores",
+    "dequantization_noise",
     "distance_logits",
     "distance_softmax",
     "majority_class",
@@ -70,6 +71,15 @@ _EXACT = "donot_use_mm_for_euclid_dist"
 def beta_to_amplitude(beta: float) -> float:
     """Half-width in code units of the dequantization noise ``beta * U(-1/2, 1/2) / 127.5``."""
     return float(beta) / 255.0
+
+
+def dequantization_noise(uniform: torch.Tensor | np.ndarray, beta: float) -> torch.Tensor | np.ndarray:
+    """The dequantization noise ``beta * U(-1/2, 1/2) / 127.5`` from draws ``uniform`` of ``U(0, 1)`` (torch or numpy).
+
+    The caller draws ``uniform`` from its own random state (torch's RNG in training and sampling, a MONAI
+    transform's ``self.R``), so each stays reproducible by its own seed.
+    """
+    return (uniform - 0.5) * (2.0 * beta_to_amplitude(beta))
 
 
 def distance_logits(distances: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -241,9 +251,7 @@ class ClassCodebook:
 
     def check_beta(self, beta: float) -> float:
         """Raise a ValueError when ``beta`` is negative, not finite, or too large for the code spacing."""
-        beta = float(beta)
-        if not math.isfinite(beta) or beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+        beta = nonnegative_float(beta, "beta")
         if beta >= self.max_beta():
             raise ValueError(
                 f"beta={beta:g} grey levels is too large for this {self.kind} codebook of {self.num_classes} classes: "
@@ -296,8 +304,7 @@ class ClassCodebook:
         code = self.code_mask(torch.as_tensor(labels).reshape(-1).cpu(), spatial_size).to(device)
         if beta > 0:
             # drawn from torch's RNG (or ``generator``), so per-epoch reseeding of the training RNG covers it
-            noise = torch.rand(code.shape, generator=generator, device=code.device)
-            code = code + (noise - 0.5) * (2.0 * beta_to_amplitude(beta))
+            code = code + dequantization_noise(torch.rand(code.shape, generator=generator, device=code.device), beta)
         return code
 
     def label_map_to_code_mask(
