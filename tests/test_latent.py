@@ -280,6 +280,8 @@ def test_evaluator_with_codec_decodes_to_the_codebook_channels(kind: str) -> Non
     assert torch.equal(out["distances"], run()["distances"])  # the seeded generator drives encoding and noise
     with pytest.raises(ValueError, match="build it with code_channels=4"):
         SymmFlowEvaluator("cpu", loader, net, SymmFlowClassifier(codebook), codec=codec)
+    with pytest.raises(TypeError, match="codec must be a LatentCodec"):  # the one check_codec the trainer and sampler use too
+        SymmFlowEvaluator("cpu", loader, net, SymmFlowClassifier(codebook, code_channels=4), codec="vae.pt")
 
 
 def test_sampler_with_codec_generates_images() -> None:
@@ -290,6 +292,8 @@ def test_sampler_with_codec_generates_images() -> None:
     assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="code_kind rgb"):  # 5 one-hot channels cannot enter a 3-channel VAE
         SymmFlowSampler(ClassCodebook.onehot(5), image_channels=1, codec=codec)
+    with pytest.raises(TypeError, match="codec must be a LatentCodec"):
+        SymmFlowSampler(ClassCodebook.rgb(5), image_channels=1, codec="vae.pt")
 
 
 def test_run_info_tells_pixel_and_latent_checkpoints_apart() -> None:

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from medsymmflow.checks import positive_float
+from medsymmflow.checks import positive_float, positive_int
 from medsymmflow.codes import distance_logits, distance_softmax
 from medsymmflow.metrics.uncertainty import _as_float_array, _check_distances
 
@@ -189,7 +189,7 @@ def reliability_diagram_data(
     probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, n_bins: int = 15
 ) -> ReliabilityBins:
     """Top-label reliability bins ``((m-1)/M, m/M]``: mean confidence, accuracy and count per bin."""
-    n_bins = _check_n_bins(n_bins)
+    n_bins = positive_int(n_bins, "n_bins")
     p = _check_probs(probs)
     lab = _check_labels(labels, p.shape[1], p.shape[0])
     conf = p.max(axis=1)
@@ -202,12 +202,6 @@ def reliability_diagram_data(
         mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / counts
         mean_acc = np.bincount(idx, weights=correct, minlength=n_bins) / counts
     return ReliabilityBins(confidences=mean_conf, accuracies=mean_acc, counts=counts.astype(np.int64))
-
-
-def _check_n_bins(n_bins: int) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
-    return int(n_bins)
 
 
 def expected_calibration_error(
