@@ -40,6 +40,7 @@ __all__ = [
     "SAMPLING_METHODS",
     "LoadedGenerator",
     "SavedSamples",
+    "check_sampling_settings",
     "class_folder_name",
     "generate_per_class",
     "load_generator",
@@ -341,6 +342,16 @@ def default_samples_dir(ckpt: str | os.PathLike) -> Path:
     return run_dir / "samples"
 
 
+def check_sampling_settings(device: str | torch.device, num_per_class: int, steps: int, batch_size: int) -> None:
+    """Refuse a device this machine lacks and counts below 1 before a checkpoint is read (:func:`sample_checkpoint` and ``medsymmflow sample``)."""
+    from medsymmflow.checks import available_device
+
+    # torch would blame the checkpoint file for a device this machine lacks
+    available_device(device, "device")
+    for name, value in (("num_per_class", num_per_class), ("steps", steps), ("batch_size", batch_size)):
+        positive_int(value, name)
+
+
 def sample_checkpoint(
     ckpt: str | os.PathLike,
     output_dir: str | os.PathLike | None = None,
@@ -363,13 +374,9 @@ def sample_checkpoint(
     ``medsymmflow sample`` and the inference bundle's ``sampling`` section run. ``generator``: ``ckpt``
     already loaded with :func:`load_generator` (then ``device`` and ``vae`` are its own).
     """
-    from medsymmflow.checks import available_device, positive_int
     from medsymmflow.data.medmnist import medmnist_class_names
 
-    # before the checkpoint is read: torch blames the file for a device this machine lacks
-    available_device(device, "device")
-    for name, value in (("num_per_class", num_per_class), ("steps", steps), ("batch_size", batch_size)):
-        positive_int(value, name)
+    check_sampling_settings(device, num_per_class, steps, batch_size)
     gen = load_generator(ckpt, device=device, vae=vae) if generator is None else generator
     beta = float(gen.run_info.get("beta", 0.0)) if beta is None else float(beta)
     images, labels = generate_per_class(

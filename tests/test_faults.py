@@ -197,7 +197,7 @@ def test_sample_on_cuda_without_a_gpu_blames_the_device_not_the_checkpoint(check
     out = run([sys.executable, "-m", "medsymmflow.cli", "sample", "--ckpt", str(checkpoints["good"]), "--device", "cuda",
                "--output-dir", str(tmp_path / "samples")])
     line = the_error(out, prefix="medsymmflow sample: error:")
-    assert "--device is 'cuda' but CUDA is not available" in line and "checkpoint" not in line
+    assert "device is 'cuda' but CUDA is not available" in line and "checkpoint" not in line
     assert not (tmp_path / "samples").exists()
 
 
