@@ -17,7 +17,7 @@ from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
 from medsymmflow.data import write_synthetic_medmnist
-from medsymmflow.engines import AtomicCheckpointSaver, AtomicDiskSaver, StopOnSignal, resume_checkpoint
+from medsymmflow.engines import AtomicCheckpointSaver, AtomicDiskSaver, SafeCheckpointLoader, StopOnSignal, resume_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = "bundles/pneumoniamnist/train.json"
@@ -126,6 +126,35 @@ def test_resume_picks_the_newest_intact_checkpoint_and_refuses_to_overwrite(tmp_
     previous.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="no intact checkpoint to resume from"):
         resume_checkpoint([last, previous], resume=True)
+
+
+def test_a_resume_reads_each_checkpoint_file_once(tmp_path: Path, monkeypatch) -> None:
+    """Choosing the checkpoint, checking it and restoring from it share one read of the file."""
+    net = torch.nn.Linear(2, 2)
+    trainer = Engine(lambda e, b: None)
+    trainer.run(range(3), max_epochs=2)
+    last, previous = tmp_path / "last.pt", tmp_path / "previous.pt"
+    torch.save({"network": net.state_dict(), "trainer": trainer.state_dict()}, last)
+    _checkpoint(previous, 3)
+    reads: list[str] = []
+    real_load = torch.load
+
+    def load(f, *args, **kwargs):
+        reads.append(Path(f).name)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    point = resume_checkpoint([last, previous], resume=True)
+    assert point == str(last)
+    fresh, resumed = torch.nn.Linear(2, 2), Engine(lambda e, b: None)
+    SafeCheckpointLoader(point, {"network": fresh, "trainer": resumed}).attach(resumed)
+    resumed.run(range(3), max_epochs=3)
+    assert sorted(reads) == ["last.pt", "previous.pt"]  # was: last.pt three times
+    assert torch.equal(fresh.weight, net.weight) and resumed.state.iteration == 9
+    with pytest.raises(ValueError, match="past --epochs 1"):  # one line, not MONAI's advice on engine construction
+        again = Engine(lambda e, b: None)
+        SafeCheckpointLoader(str(last), {"network": fresh, "trainer": again}).attach(again)
+        again.run(range(3), max_epochs=1)
 
 
 def test_sigint_stops_after_the_iteration_and_exits_130() -> None:
