@@ -7,19 +7,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, bundle_command, command_env, run_command, tiny
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from medsymmflow.data import write_synthetic_medmnist
 from medsymmflow.engines import AtomicCheckpointSaver, AtomicDiskSaver, SafeCheckpointLoader, StopOnSignal, resume_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = "bundles/pneumoniamnist/train.json"
 # lr 0.2 wrecks the tiny network after the first epoch: every later validation AUC is worse than epoch 1's,
 # so a resumed run that forgot the best metric would save a worse best.pt
@@ -180,27 +178,18 @@ def test_sigint_stops_after_the_iteration_and_exits_130() -> None:
 
 
 def _cmd(data_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN, "--dataset_dir", str(data_dir),
-        "--download", "false", "--net_preset", "tiny", "--device", "cpu", "--output_dir", str(out), *COMMON, *extra,
-    ]
-
-
-ENV = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
+    return bundle_command(TRAIN, *tiny(data_dir, out, *COMMON, *extra))
 
 
 def _run(data_dir: Path, out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(_cmd(data_dir, out, *extra), cwd=REPO, capture_output=True, text=True, env=ENV, timeout=600)
-    if check and done.returncode != 0:
-        raise AssertionError(f"run failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done
+    return run_command(_cmd(data_dir, out, *extra), check=check)
 
 
 def _start_and_signal(data_dir: Path, out: Path, sig: int, *extra: str) -> tuple[int, str]:
     """Start a training, send ``sig`` as soon as its first epoch checkpoint exists; exit code and output."""
     log = out.with_suffix(".log")
     with log.open("w") as f:
-        proc = subprocess.Popen(_cmd(data_dir, out, *extra), cwd=REPO, env=ENV, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(_cmd(data_dir, out, *extra), cwd=REPO, env=command_env(), stdout=f, stderr=subprocess.STDOUT)
         try:
             while not (out / "checkpoints" / "last.pt").exists():
                 assert proc.poll() is None, log.read_text()[-3000:]
@@ -233,10 +222,8 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("medmnist")
-    write_synthetic_medmnist(d, "pneumoniamnist", n_train=48, n_val=24, n_test=40, seed=1)
-    return d
+def data_dir(synthetic_medmnist) -> Path:
+    return synthetic_medmnist(("pneumoniamnist", 48, 24, 40, 1))
 
 
 @pytest.fixture(scope="module")
