@@ -35,7 +35,7 @@ import torch
 from monai.networks.nets import AutoencoderKL
 from torch import nn
 
-from medsymmflow.checks import positive_int
+from medsymmflow.checks import float_image_batch, positive_int
 from medsymmflow.io import atomic_write, load_checkpoint
 
 __all__ = [
@@ -233,12 +233,7 @@ class LatentCodec(nn.Module):
 
     # ------------------------------------------------------------------ encoding / decoding
     def _to_vae_input(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 4:
-            raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} must be floating point in [-1, 1], got dtype {x.dtype}")
+        float_image_batch(x, name, " in [-1, 1]")
         self.latent_shape(x.shape[2:])
         return match_vae_channels(x, self.in_channels, name)
 
