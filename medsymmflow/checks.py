@@ -19,6 +19,7 @@ import torch
 __all__ = [
     "available_device",
     "boolean",
+    "float_image_batch",
     "nonnegative_float",
     "nonnegative_int",
     "one_of",
@@ -80,6 +81,17 @@ def boolean(value: Any, name: str) -> bool:
     if text in ("false", "no", "f", "n", "0"):
         return False
     raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def float_image_batch(value: Any, name: str, what: str = "") -> torch.Tensor:
+    """``value`` when it is a floating-point torch tensor of shape ``(B, C, H, W)``; ``what`` adds the expected range to the message."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.ndim != 4:
+        raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(value.shape)}")
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be floating point{what}, got dtype {value.dtype}")
+    return value
 
 
 def one_of(value: Any, choices: Collection[Any], name: str) -> Any:

@@ -41,6 +41,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from medsymmflow.checks import nonnegative_float, positive_float
+
 __all__ = [
     "CODE_KINDS",
     "DECISIONS",
@@ -49,6 +51,9 @@ __all__ = [
     "CodebookDecoding",
     "beta_to_amplitude",
     "decision_scores",
+    "dequantization_noise",
+    "distance_logits",
+    "distance_softmax",
     "majority_class",
 ]
 
@@ -66,6 +71,25 @@ _EXACT = "donot_use_mm_for_euclid_dist"
 def beta_to_amplitude(beta: float) -> float:
     """Half-width in code units of the dequantization noise ``beta * U(-1/2, 1/2) / 127.5``."""
     return float(beta) / 255.0
+
+
+def dequantization_noise(uniform: torch.Tensor | np.ndarray, beta: float) -> torch.Tensor | np.ndarray:
+    """The dequantization noise ``beta * U(-1/2, 1/2) / 127.5`` from draws ``uniform`` of ``U(0, 1)`` (torch or numpy).
+
+    The caller draws ``uniform`` from its own random state (torch's RNG in training and sampling, a MONAI
+    transform's ``self.R``), so each stays reproducible by its own seed.
+    """
+    return (uniform - 0.5) * (2.0 * beta_to_amplitude(beta))
+
+
+def distance_logits(distances: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Logits ``-d / tau`` of distances ``(B, K)``: nearer codes score higher (the one definition of the map)."""
+    return -torch.as_tensor(distances) / positive_float(temperature, "temperature")
+
+
+def distance_softmax(distances: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Class probabilities ``softmax(-d / tau)`` over the class axis of distances ``(B, K)``, in their dtype."""
+    return torch.softmax(distance_logits(distances, temperature), dim=1)
 
 
 @dataclass
@@ -227,9 +251,7 @@ class ClassCodebook:
 
     def check_beta(self, beta: float) -> float:
         """Raise a ValueError when ``beta`` is negative, not finite, or too large for the code spacing."""
-        beta = float(beta)
-        if not math.isfinite(beta) or beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
+        beta = nonnegative_float(beta, "beta")
         if beta >= self.max_beta():
             raise ValueError(
                 f"beta={beta:g} grey levels is too large for this {self.kind} codebook of {self.num_classes} classes: "
@@ -282,8 +304,7 @@ class ClassCodebook:
         code = self.code_mask(torch.as_tensor(labels).reshape(-1).cpu(), spatial_size).to(device)
         if beta > 0:
             # drawn from torch's RNG (or ``generator``), so per-epoch reseeding of the training RNG covers it
-            noise = torch.rand(code.shape, generator=generator, device=code.device)
-            code = code + (noise - 0.5) * (2.0 * beta_to_amplitude(beta))
+            code = code + dequantization_noise(torch.rand(code.shape, generator=generator, device=code.device), beta)
         return code
 
     def label_map_to_code_mask(
@@ -382,9 +403,7 @@ class ClassCodebook:
         """Per-class scores from distances ``(B, K)``: ``-d`` or, with a temperature, ``softmax(-d / tau)``."""
         if temperature is None:
             return -distances
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        return torch.softmax(-distances / temperature, dim=1)
+        return distance_softmax(distances, temperature)
 
     def _check_code_mask(self, code_mask: torch.Tensor) -> torch.Tensor:
         y = torch.as_tensor(code_mask)

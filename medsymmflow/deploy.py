@@ -47,6 +47,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medsymmflow.checks import positive_int
 from medsymmflow.codes import DECISIONS, ClassCodebook, decision_scores
 from medsymmflow.data.medmnist import medmnist_class_names
 from medsymmflow.flow.solver import FIXED_STEP_METHODS
@@ -125,14 +126,12 @@ class DeployedClassifier(nn.Module):
 
 def _check_settings(steps: int, method: str, draws: int, decision: str, score: str, temperature: float) -> None:
     """One ValueError naming the setting for anything the export cannot reproduce."""
-    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    positive_int(steps, "steps")
     if method not in FIXED_STEP_METHODS:
         raise ValueError(
             f"method {method!r} cannot be exported: adaptive ODE solvers do not trace; choose one of {', '.join(FIXED_STEP_METHODS)}"
         )
-    if isinstance(draws, bool) or int(draws) != draws or draws < 1:
-        raise ValueError(f"draws must be an integer >= 1, got {draws!r}")
+    positive_int(draws, "draws")
     if decision not in EXPORT_DECISIONS:
         raise ValueError(f"unknown decision {decision!r}; choose one of {', '.join(EXPORT_DECISIONS)}")
     if not temperature > 0:

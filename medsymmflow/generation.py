@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 import torch
 
+from medsymmflow.checks import positive_int
 from medsymmflow.codes import ClassCodebook
 from medsymmflow.flow.solver import METHODS
 from medsymmflow.io import (
@@ -39,6 +40,7 @@ __all__ = [
     "SAMPLING_METHODS",
     "LoadedGenerator",
     "SavedSamples",
+    "check_sampling_settings",
     "class_folder_name",
     "generate_per_class",
     "load_generator",
@@ -67,12 +69,10 @@ def _per_class_counts(num_per_class: int | Sequence[int], num_classes: int) -> l
 
 
 def _check_sampling_args(steps: int, method: str, batch_size: int, spatial_size: Sequence[int]) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    positive_int(steps, "steps")
     if method not in SAMPLING_METHODS:
         raise ValueError(f"unknown ODE method {method!r}; choose one of {', '.join(SAMPLING_METHODS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     if any(int(s) < 1 for s in spatial_size):
         raise ValueError(f"spatial_size must hold positive sizes, got {tuple(spatial_size)}")
 
@@ -110,8 +110,7 @@ def sample_per_class(
 
     if not isinstance(codebook, ClassCodebook):
         raise TypeError(f"codebook must be a ClassCodebook, got {type(codebook).__name__}")
-    if isinstance(image_channels, bool) or not isinstance(image_channels, (int, np.integer)) or image_channels < 1:
-        raise ValueError(f"image_channels must be a positive int, got {image_channels!r}")
+    image_channels = positive_int(image_channels, "image_channels")
     _check_sampling_args(steps, method, batch_size, spatial_size)
     counts = _per_class_counts(num_per_class, codebook.num_classes)
     labels = torch.repeat_interleave(torch.arange(codebook.num_classes), torch.tensor(counts))
@@ -343,6 +342,16 @@ def default_samples_dir(ckpt: str | os.PathLike) -> Path:
     return run_dir / "samples"
 
 
+def check_sampling_settings(device: str | torch.device, num_per_class: int, steps: int, batch_size: int) -> None:
+    """Refuse a device this machine lacks and counts below 1 before a checkpoint is read (:func:`sample_checkpoint` and ``medsymmflow sample``)."""
+    from medsymmflow.checks import available_device
+
+    # torch would blame the checkpoint file for a device this machine lacks
+    available_device(device, "device")
+    for name, value in (("num_per_class", num_per_class), ("steps", steps), ("batch_size", batch_size)):
+        positive_int(value, name)
+
+
 def sample_checkpoint(
     ckpt: str | os.PathLike,
     output_dir: str | os.PathLike | None = None,
@@ -365,13 +374,9 @@ def sample_checkpoint(
     ``medsymmflow sample`` and the inference bundle's ``sampling`` section run. ``generator``: ``ckpt``
     already loaded with :func:`load_generator` (then ``device`` and ``vae`` are its own).
     """
-    from medsymmflow.checks import available_device, positive_int
     from medsymmflow.data.medmnist import medmnist_class_names
 
-    # before the checkpoint is read: torch blames the file for a device this machine lacks
-    available_device(device, "device")
-    for name, value in (("num_per_class", num_per_class), ("steps", steps), ("batch_size", batch_size)):
-        positive_int(value, name)
+    check_sampling_settings(device, num_per_class, steps, batch_size)
     gen = load_generator(ckpt, device=device, vae=vae) if generator is None else generator
     beta = float(gen.run_info.get("beta", 0.0)) if beta is None else float(beta)
     images, labels = generate_per_class(

@@ -25,7 +25,7 @@ from monai.inferers import Inferer
 from medsymmflow.checks import one_of, positive_int
 from medsymmflow.codes import ClassCodebook, majority_class
 from medsymmflow.flow.solver import SymmFlowSolver, check_method
-from medsymmflow.networks.latent import LatentCodec
+from medsymmflow.networks.latent import LatentCodec, check_codec
 from medsymmflow.precision import autocast_context, resolve_autocast
 
 __all__ = ["INFERER_DECISIONS", "ClassificationResult", "SymmFlowClassifier", "SymmFlowSampler", "SymmFlowSegmenter"]
@@ -208,11 +208,7 @@ class SymmFlowSampler(Inferer):
         self.steps = positive_int(steps, "steps")
         self.method = check_method(method)
         self.beta = codebook.check_beta(beta)
-        if codec is not None and not isinstance(codec, LatentCodec):
-            raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
-        if codec is not None:
-            codec.check_codebook(codebook)
-        self.codec = codec
+        self.codec = check_codec(codec, codebook)
 
     def __call__(  # type: ignore[override]
         self,

@@ -1,14 +1,19 @@
-"""Shared test fixtures: seeds, the optional real-data folder."""
+"""Shared test fixtures and helpers: seeds, the optional real-data folder, synthetic MedMNIST folders and
+the subprocess runner the end-to-end tests start bundles and commands with."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED_DATA = Path(os.environ.get("MEDSYMMFLOW_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("MEDSYMMFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(autouse=True)
@@ -22,3 +27,57 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "medmnist").is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (set MEDSYMMFLOW_SHARED_DATA to point elsewhere)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_medmnist(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory: a new folder holding synthetic MedMNIST npz files, e.g. ``synthetic_medmnist(("pneumoniamnist", 48, 24, 40, 1))``.
+
+    Each dataset is ``(flag, n_train, n_val, n_test, seed)``; ``size`` is the image size of them all.
+    """
+    from medsymmflow.data import write_synthetic_medmnist
+
+    def make(*datasets: tuple[str, int, int, int, int], size: int = 28) -> Path:
+        folder = tmp_path_factory.mktemp("medmnist")
+        for flag, n_train, n_val, n_test, seed in datasets:
+            write_synthetic_medmnist(folder, flag, n_train=n_train, n_val=n_val, n_test=n_test, size=size, seed=seed)
+        return folder
+
+    return make
+
+
+def command_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a command as a user runs it: warnings off, output unbuffered, ``MEDSYMMFLOW_TRACEBACK`` unset unless ``env`` sets it."""
+    full = {k: v for k, v in os.environ.items() if k != "MEDSYMMFLOW_TRACEBACK"}
+    full.update(PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1", **(env or {}))
+    return full
+
+
+def run_command(cmd: Sequence[str], env: dict[str, str] | None = None, check: bool = False) -> subprocess.CompletedProcess:
+    """``cmd`` from the repository root in :func:`command_env`; with ``check`` a non-zero exit fails with the output's tail."""
+    out = subprocess.run(list(cmd), cwd=REPO, capture_output=True, text=True, env=command_env(env), timeout=600)
+    if check and out.returncode != 0:
+        raise AssertionError(f"run failed ({out.returncode}): {' '.join(cmd)}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+    return out
+
+
+def bundle_command(configs: str | Sequence[str], *overrides: str) -> list[str]:
+    """``python -m monai.bundle run --config_file ...`` with one config file or a list that MONAI merges."""
+    files = [configs] if isinstance(configs, str) else list(configs)
+    config = files[0] if len(files) == 1 else "[" + ",".join(f"'{c}'" for c in files) + "]"
+    return [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *overrides]
+
+
+def run_bundle(
+    configs: str | Sequence[str], *overrides: str, env: dict[str, str] | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """A bundle run (:func:`bundle_command`) through :func:`run_command`; fails the test on a non-zero exit unless ``check=False``."""
+    return run_command(bundle_command(configs, *overrides), env=env, check=check)
+
+
+def tiny(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
+    """Overrides for a seconds-long run on synthetic data: the tiny network on the CPU."""
+    return [
+        "--dataset_dir", str(data_dir), "--download", "false", "--net_preset", "tiny",
+        "--output_dir", str(output_dir), "--device", "cpu", *extra,
+    ]

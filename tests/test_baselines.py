@@ -30,10 +30,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("medmnist")
-    write_synthetic_medmnist(directory, "pneumoniamnist", n_train=48, n_val=16, n_test=16, seed=0)
-    return directory
+def data_dir(synthetic_medmnist) -> Path:
+    return synthetic_medmnist(("pneumoniamnist", 48, 16, 16, 0))
 
 
 @pytest.fixture(scope="module")

@@ -4,40 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, bundle_command, run_bundle, run_command, tiny
 
-from medsymmflow.data import write_synthetic_medmnist
-
-REPO = Path(__file__).resolve().parents[1]
 BUNDLES = ("pneumoniamnist", "bloodmnist", "dermamnist", "retinamnist")
 
 pytestmark = pytest.mark.slow
-
-
-def run_bundle(configs: list[str], *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` from the repository root, as a user runs it."""
-    config = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *overrides]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
-    if check and out.returncode != 0:
-        raise AssertionError(f"bundle run failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-    return out
-
-
-def tiny(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
-    """Overrides for a seconds-long run on synthetic data."""
-    return [
-        "--dataset_dir", str(data_dir), "--download", "false", "--net_preset", "tiny",
-        "--output_dir", str(output_dir), "--device", "cpu", *extra,
-    ]
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -46,11 +23,8 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("medmnist")
-    write_synthetic_medmnist(d, "pneumoniamnist", n_train=48, n_val=24, n_test=40, seed=1)
-    write_synthetic_medmnist(d, "breastmnist", n_train=16, n_val=8, n_test=8, seed=2)
-    return d
+def data_dir(synthetic_medmnist) -> Path:
+    return synthetic_medmnist(("pneumoniamnist", 48, 24, 40, 1), ("breastmnist", 16, 8, 8, 2))
 
 
 @pytest.fixture(scope="module")
@@ -368,13 +342,13 @@ def test_bundle_metadata_verifies_against_the_schema_in_the_repo(bundle: str) ->
 def test_multi_process_training_with_gloo(data_dir: Path, tmp_path: Path) -> None:
     """Two CPU processes (torchrun, gloo, DDP): each trains on half the data, rank 0 writes the results."""
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", "-m", "monai.bundle", "run",
-        "--config_file", "['bundles/pneumoniamnist/train.json','configs/multi_gpu_train.json']",
+    bundle = bundle_command(
+        ["bundles/pneumoniamnist/train.json", "configs/multi_gpu_train.json"],
         *tiny(data_dir, out, "--epochs", "1", "--batch_size", "8", "--warmup_epochs", "0",
               "--training#val_interval", "1", "--evaluation#runs", "1"),
-    ]
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    )
+    # torchrun starts `-m monai.bundle run ...` on each rank in place of `python`
+    done = run_command([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533", *bundle[1:]])
     assert done.returncode == 0, done.stderr[-4000:]
     last = torch.load(out / "checkpoints/last.pt", map_location="cpu", weights_only=True)
     # 48 training images over 2 ranks in batches of 8 -> 3 iterations per epoch (a single process needs 6)

@@ -13,16 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, run_bundle
 
 from medsymmflow.cli import main
 from medsymmflow.codes import ClassCodebook, decision_scores
-from medsymmflow.data import write_synthetic_medmnist
 from medsymmflow.deploy import export_classifier, read_metadata
 from medsymmflow.inferers import SymmFlowClassifier
 from medsymmflow.io import RunInfo
 from medsymmflow.networks import build_network, create_ema
 
-REPO = Path(__file__).resolve().parents[1]
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
 
 # Loads an exported file in a fresh interpreter that cannot import medsymmflow (nor MONAI): the None
@@ -137,21 +136,9 @@ def test_export_command_prints_one_error_line_for_a_missing_checkpoint(tmp_path:
 # ---------------------------------------------------------------------------------------------- bundles
 
 
-def run_bundle(configs: list[str], *overrides: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` from the repository root, as a user runs it."""
-    config = configs[0] if len(configs) == 1 else "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *overrides]
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore", **(env or {})), timeout=600)
-    if out.returncode != 0:
-        raise AssertionError(f"bundle run failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-    return out
-
-
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("medmnist")
-    write_synthetic_medmnist(d, "pneumoniamnist", n_train=32, n_val=16, n_test=8, seed=1)
-    return d
+def data_dir(synthetic_medmnist) -> Path:
+    return synthetic_medmnist(("pneumoniamnist", 32, 16, 8, 1))
 
 
 @pytest.fixture(scope="module")

@@ -14,27 +14,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, run_bundle, run_command, tiny
 
 from medsymmflow.data import write_synthetic_medmnist
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = "bundles/pneumoniamnist/train.json"
 EVALUATE = "bundles/pneumoniamnist/evaluate.json"
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 
 
-def run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """A command from the repository root, as a user runs it (without MEDSYMMFLOW_TRACEBACK unless given)."""
-    full = {k: v for k, v in os.environ.items() if k != "MEDSYMMFLOW_TRACEBACK"}
-    full.update(PYTHONWARNINGS="ignore", **(env or {}))
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=full, timeout=600)
-
-
 def bundle(config: str, data_dir: Path, output_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return run([
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", config, "--dataset_dir", str(data_dir),
-        "--download", "false", "--net_preset", "tiny", "--device", "cpu", "--output_dir", str(output_dir), *overrides,
-    ])
+    """A tiny bundle run that is expected to fail (its exit code is the test's to check)."""
+    return run_bundle(config, *tiny(data_dir, output_dir, *overrides), check=False)
 
 
 def the_error(out: subprocess.CompletedProcess, prefix: str = "medsymmflow: error:") -> str:
@@ -48,10 +39,8 @@ def the_error(out: subprocess.CompletedProcess, prefix: str = "medsymmflow: erro
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("medmnist")
-    write_synthetic_medmnist(d, "pneumoniamnist", n_train=16, n_val=4, n_test=4, seed=1)
-    return d
+def data_dir(synthetic_medmnist) -> Path:
+    return synthetic_medmnist(("pneumoniamnist", 16, 4, 4, 1))
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +173,7 @@ def test_an_engine_failure_logs_no_traceback_and_leaves_no_empty_tensorboard_fil
 
 @pytest.mark.slow
 def test_tracebacks_on_request(data_dir: Path, tmp_path: Path) -> None:
-    out = run([
+    out = run_command([
         sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN, "--dataset_dir", str(data_dir),
         "--download", "false", "--device", "cpu", "--output_dir", str(tmp_path / "run"), "--epochs", "0",
     ], env={"MEDSYMMFLOW_TRACEBACK": "1"})
@@ -194,10 +183,10 @@ def test_tracebacks_on_request(data_dir: Path, tmp_path: Path) -> None:
 @NO_GPU
 @pytest.mark.slow
 def test_sample_on_cuda_without_a_gpu_blames_the_device_not_the_checkpoint(checkpoints: dict[str, Path], tmp_path: Path) -> None:
-    out = run([sys.executable, "-m", "medsymmflow.cli", "sample", "--ckpt", str(checkpoints["good"]), "--device", "cuda",
+    out = run_command([sys.executable, "-m", "medsymmflow.cli", "sample", "--ckpt", str(checkpoints["good"]), "--device", "cuda",
                "--output-dir", str(tmp_path / "samples")])
     line = the_error(out, prefix="medsymmflow sample: error:")
-    assert "--device is 'cuda' but CUDA is not available" in line and "checkpoint" not in line
+    assert "device is 'cuda' but CUDA is not available" in line and "checkpoint" not in line
     assert not (tmp_path / "samples").exists()
 
 

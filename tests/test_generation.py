@@ -375,7 +375,7 @@ def test_cli_sample_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert "has no 'run_info'" in capsys.readouterr().err
     ckpt = _write_checkpoint(tmp_path / "ok.pt")
     assert main(["sample", "--ckpt", str(ckpt), "--steps", "0"]) == 1
-    assert "--steps must be >= 1, got 0" in capsys.readouterr().err
+    assert "steps must be an integer >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["sample", "--ckpt", str(ckpt), "--method", "rk45"])
     assert "invalid choice: 'rk45'" in capsys.readouterr().err

@@ -4,18 +4,17 @@ trainer, the latent trainer / evaluator / sampler, and the latent bundles end to
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_bundle as run_conftest_bundle
 from ignite.engine import Events
 from torch.utils.data import DataLoader
 
 from medsymmflow import ClassCodebook
-from medsymmflow.data import synthetic_class_templates, write_synthetic_medmnist
+from medsymmflow.data import synthetic_class_templates
 from medsymmflow.engines import AutoencoderTrainer, SymmFlowEvaluator, SymmFlowTrainer, VAEExport
 from medsymmflow.flow import SymmetricPath, SymmFlowLoss, TimeSampler
 from medsymmflow.inferers import SymmFlowClassifier, SymmFlowSampler
@@ -280,6 +279,8 @@ def test_evaluator_with_codec_decodes_to_the_codebook_channels(kind: str) -> Non
     assert torch.equal(out["distances"], run()["distances"])  # the seeded generator drives encoding and noise
     with pytest.raises(ValueError, match="build it with code_channels=4"):
         SymmFlowEvaluator("cpu", loader, net, SymmFlowClassifier(codebook), codec=codec)
+    with pytest.raises(TypeError, match="codec must be a LatentCodec"):  # the one check_codec the trainer and sampler use too
+        SymmFlowEvaluator("cpu", loader, net, SymmFlowClassifier(codebook, code_channels=4), codec="vae.pt")
 
 
 def test_sampler_with_codec_generates_images() -> None:
@@ -290,6 +291,8 @@ def test_sampler_with_codec_generates_images() -> None:
     assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="code_kind rgb"):  # 5 one-hot channels cannot enter a 3-channel VAE
         SymmFlowSampler(ClassCodebook.onehot(5), image_channels=1, codec=codec)
+    with pytest.raises(TypeError, match="codec must be a LatentCodec"):
+        SymmFlowSampler(ClassCodebook.rgb(5), image_channels=1, codec="vae.pt")
 
 
 def test_run_info_tells_pixel_and_latent_checkpoints_apart() -> None:
@@ -309,19 +312,13 @@ def test_run_info_tells_pixel_and_latent_checkpoints_apart() -> None:
 
 # ---------------------------------------------------------------------- bundles
 def run_bundle(config: str, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config, *overrides]
-    env = dict(os.environ, PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
-    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
-    if check and out.returncode != 0:
-        raise AssertionError(f"bundle run failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
-    return out
+    """A latent bundle run, offline: no VAE download is ever attempted."""
+    return run_conftest_bundle(config, *overrides, env={"HF_HUB_OFFLINE": "1"}, check=check)
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("medmnist224")
-    write_synthetic_medmnist(d, "retinamnist", n_train=10, n_val=5, n_test=6, size=224, seed=0)
-    return d
+def data_dir(synthetic_medmnist) -> Path:
+    return synthetic_medmnist(("retinamnist", 10, 5, 6, 0), size=224)
 
 
 def data_args(data_dir: Path, output_dir: Path) -> list[str]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medsymmflow.codes import ClassCodebook
+from medsymmflow.codes import ClassCodebook, majority_class
 from medsymmflow.metrics import (
     UNCERTAINTY_SCORES,
     SelectivePredictionMetrics,
@@ -22,6 +22,7 @@ from medsymmflow.metrics import (
     coverage_key,
     distance_nll,
     distance_uncertainty,
+    draw_spread,
     eaurc,
     expected_calibration_error,
     fit_temperature,
@@ -59,11 +60,11 @@ def _hand_aurc(ordered_correct: list[int]) -> Fraction:
 D_HAND = np.array([[0.1, 0.5, 0.9], [0.4, 0.3, 1.0], [0.2, 0.2, 1.0]])
 
 
-def test_distance_is_distance_to_nearest_code_numpy_and_torch() -> None:
-    out = distance_uncertainty(D_HAND)
+def test_distance_is_the_decisions_own_distance_numpy_and_torch() -> None:
+    out = distance_uncertainty(np.array([0.1, 0.3, 0.2]))
     assert out.dtype == np.float64 and out.shape == (3,)
     np.testing.assert_allclose(out, [0.1, 0.3, 0.2])
-    np.testing.assert_allclose(distance_uncertainty(torch.tensor(D_HAND, dtype=torch.float32)), out, atol=1e-7)
+    np.testing.assert_allclose(distance_uncertainty(torch.tensor([0.1, 0.3, 0.2])), out, atol=1e-7)
 
 
 def test_distance_matches_codebook_decoding() -> None:
@@ -71,7 +72,7 @@ def test_distance_matches_codebook_decoding() -> None:
     noise = 0.05 * torch.randn(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
     mask = book.code_mask(torch.tensor([0, 3]), (4, 4)) + noise
     dec = book.decode(mask)
-    np.testing.assert_allclose(distance_uncertainty(dec.distances), dec.uncertainty.double().numpy(), atol=1e-6)
+    np.testing.assert_allclose(uncertainty_score("distance", distance=dec.uncertainty), dec.distances.min(1).values.double().numpy())
 
 
 def test_margin_hand_values_and_tie_is_most_uncertain() -> None:
@@ -80,9 +81,8 @@ def test_margin_hand_values_and_tie_is_most_uncertain() -> None:
     assert np.argmax(out) == 2  # two equally near codes: the least safe prediction
 
 
-def test_draws_are_averaged_for_distance_and_margin() -> None:
+def test_draws_are_averaged_for_margin() -> None:
     draws = np.stack([D_HAND, D_HAND + np.array([0.2, 0.0, 0.0])])  # second draw pushes class 0 away
-    np.testing.assert_allclose(distance_uncertainty(draws), distance_uncertainty(D_HAND + [0.1, 0.0, 0.0]))
     np.testing.assert_allclose(margin_uncertainty(draws), [-0.3, -0.2, -0.1], atol=1e-12)
 
 
@@ -90,51 +90,63 @@ def _draws_hand() -> np.ndarray:
     """R=4 draws, N=4 samples, K=2 classes, built so each sample's spread is known by hand."""
     d = np.zeros((4, 4, 2))
     d[:, 0] = [[0.1, 1.0]] * 4  # all draws class 0, same distance -> 0
-    d[:, 1] = [[0.1, 1.0], [0.3, 1.0], [0.1, 1.0], [0.3, 1.0]]  # agree, min distance std 0.1
-    d[:, 2] = [[0.2, 1.0], [0.2, 1.0], [0.2, 1.0], [1.0, 0.2]]  # 3 vs 1 vote, min distance constant 0.2
+    d[:, 1] = [[0.1, 1.0], [0.3, 1.0], [0.1, 1.0], [0.3, 1.0]]  # agree
+    d[:, 2] = [[0.2, 1.0], [0.2, 1.0], [0.2, 1.0], [1.0, 0.2]]  # 3 vs 1 vote
     d[:, 3] = [[1.0, 0.2], [0.2, 1.0], [1.0, 0.2], [0.2, 1.0]]  # 2 vs 2 vote
     return d
 
 
-def test_spread_rule_on_hand_draws() -> None:
-    out = spread_uncertainty(_draws_hand())
-    expected = [0.0, (0.1 / 1.1) / 4, 0.25, 0.5]
-    np.testing.assert_allclose(out, expected, atol=1e-12)
-    # disagreement dominates; the distance spread only breaks ties between equal vote counts
-    assert list(np.argsort(out)) == [0, 1, 2, 3]
-    np.testing.assert_array_equal(majority_vote(_draws_hand()), [0, 0, 0, 0])  # 2-2 tie -> lower class
+def test_draw_spread_on_hand_draws() -> None:
+    np.testing.assert_array_equal(draw_spread(_draws_hand()), [0.0, 0.0, 0.25, 0.5])
+    np.testing.assert_array_equal(majority_vote(_draws_hand())[:3], [0, 0, 0])
 
 
-def test_spread_tie_break_never_overtakes_a_disagreement_step() -> None:
-    d = np.zeros((2, 2, 2))
-    d[:, 0] = [[0.0, 5.0], [50.0, 100.0]]  # draws agree but with a huge distance spread
-    d[:, 1] = [[0.1, 0.2], [0.2, 0.1]]  # draws disagree, tiny spread
-    out = spread_uncertainty(d)
-    assert out[1] > out[0]
+def test_majority_vote_ties_like_the_classifiers_vote() -> None:
+    """A 2-2 tie goes to the class with the smaller mean distance (codes.majority_class), not the lower index."""
+    d = np.zeros((4, 2, 3))
+    d[:, 0] = [[0.9, 0.2, 2.0], [0.3, 0.9, 2.0], [0.9, 0.2, 2.0], [0.3, 0.9, 2.0]]  # class 1 nearer on average
+    d[:, 1] = [[0.1, 0.9, 2.0]] * 4  # no tie
+    np.testing.assert_array_equal(majority_vote(d), [1, 0])
+    votes = torch.tensor([[2, 2, 0], [4, 0, 0]])
+    np.testing.assert_array_equal(majority_vote(d), majority_class(votes, torch.from_numpy(d.mean(0))).numpy())
+    # the spread counts the draws outside the majority: the same for either tied class
+    np.testing.assert_array_equal(draw_spread(d), [0.5, 0.0])
+
+
+def test_spread_orders_by_disagreement_then_distance() -> None:
+    out = spread_uncertainty(spread=[0.5, 0.0, 0.25, 0.0, 0.25], distance=[0.1, 0.9, 0.3, 0.2, 0.05])
+    # disagreement dominates; the distance only orders equal spreads, however large it is
+    np.testing.assert_array_equal(out, [4, 1, 3, 0, 2])
 
 
 def test_uncertainty_score_registry_dispatches_by_name() -> None:
-    draws = _draws_hand()
-    assert set(UNCERTAINTY_SCORES) == {"distance", "margin", "spread"}
-    np.testing.assert_array_equal(uncertainty_score("spread", distances=draws), spread_uncertainty(draws))
-    np.testing.assert_array_equal(uncertainty_score("margin", distances=D_HAND), margin_uncertainty(D_HAND))
+    assert list(UNCERTAINTY_SCORES) == ["distance", "margin", "spread"]
+    assert {n: s.inputs for n, s in UNCERTAINTY_SCORES.items()} == {
+        "distance": ("distance",), "margin": ("distances",), "spread": ("spread", "distance"),
+    }
+    arrays = {"distance": D_HAND.min(1), "distances": D_HAND, "spread": np.array([0.0, 0.5, 0.0])}
+    np.testing.assert_array_equal(uncertainty_score("spread", **arrays), spread_uncertainty(arrays["spread"], arrays["distance"]))
+    np.testing.assert_array_equal(uncertainty_score("margin", **arrays), margin_uncertainty(D_HAND))
     with pytest.raises(ValueError, match="unknown uncertainty score 'entropy'"):
         uncertainty_score("entropy", distances=D_HAND)
-    with pytest.raises(TypeError, match="takes"):
+    with pytest.raises(TypeError, match=r"missing \['distance'\]"):
         uncertainty_score("distance", dist=D_HAND)
+    with pytest.raises(TypeError, match=r"missing \['spread'\]"):
+        uncertainty_score("spread", distance=D_HAND.min(1), spread=None)
 
 
 @pytest.mark.parametrize(
     "fn, bad, match",
     [
-        (distance_uncertainty, np.array([[0.1, np.nan]]), "NaN or infinite"),
+        (distance_uncertainty, np.array([0.1, np.nan]), "NaN or infinite"),
         (margin_uncertainty, np.array([[0.1, np.inf]]), "NaN or infinite"),
-        (distance_uncertainty, np.zeros((0, 3)), "empty"),
-        (distance_uncertainty, np.array([0.1, 0.2]), r"shape \(N, K\)"),
+        (distance_uncertainty, np.zeros((0,)), "empty"),
+        (distance_uncertainty, D_HAND, r"shape \(N,\)"),
         (margin_uncertainty, np.array([[0.1], [0.2]]), "at least 2 classes"),
-        (distance_uncertainty, -D_HAND, ">= 0"),
-        (spread_uncertainty, D_HAND, r"shape \(R, N, K\)"),
-        (spread_uncertainty, D_HAND[None], "at least 2 noise draws"),
+        (distance_uncertainty, -D_HAND[:, 0], ">= 0"),
+        (margin_uncertainty, -D_HAND, ">= 0"),
+        (draw_spread, D_HAND, r"shape \(R, N, K\)"),
+        (majority_vote, D_HAND, r"shape \(R, N, K\)"),
     ],
 )
 def test_uncertainty_bad_inputs(fn, bad, match) -> None:

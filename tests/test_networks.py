@@ -194,8 +194,8 @@ def test_unet_input_errors(x_shape, y_shape, t, match) -> None:
         ({"time_scale": 0.0}, "time_scale"),
         ({"padding_mode": "reflect"}, "padding_mode"),
         ({"spatial_dims": 1}, "spatial_dims"),
-        ({"patch_size": 0}, "patch_size must be a positive int"),
-        ({"patch_size": True}, "patch_size must be a positive int"),
+        ({"patch_size": 0}, "patch_size must be an integer >= 1"),
+        ({"patch_size": True}, "patch_size must be an integer >= 1"),
     ],
 )
 def test_unet_constructor_errors(kwargs, match) -> None:
@@ -204,7 +204,7 @@ def test_unet_constructor_errors(kwargs, match) -> None:
 
 
 def test_unet_channel_arguments_validated() -> None:
-    with pytest.raises(ValueError, match="y_channels must be a positive int"):
+    with pytest.raises(ValueError, match="y_channels must be an integer >= 1"):
         SymmFlowUNet(1, 0, channels=(8, 16), norm_num_groups=4, num_head_channels=8)
 
 

@@ -7,19 +7,17 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO, bundle_command, command_env, run_command, tiny
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from medsymmflow.data import write_synthetic_medmnist
-from medsymmflow.engines import AtomicCheckpointSaver, AtomicDiskSaver, StopOnSignal, resume_checkpoint
+from medsymmflow.engines import AtomicCheckpointSaver, AtomicDiskSaver, SafeCheckpointLoader, StopOnSignal, resume_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
 TRAIN = "bundles/pneumoniamnist/train.json"
 # lr 0.2 wrecks the tiny network after the first epoch: every later validation AUC is worse than epoch 1's,
 # so a resumed run that forgot the best metric would save a worse best.pt
@@ -128,6 +126,35 @@ def test_resume_picks_the_newest_intact_checkpoint_and_refuses_to_overwrite(tmp_
         resume_checkpoint([last, previous], resume=True)
 
 
+def test_a_resume_reads_each_checkpoint_file_once(tmp_path: Path, monkeypatch) -> None:
+    """Choosing the checkpoint, checking it and restoring from it share one read of the file."""
+    net = torch.nn.Linear(2, 2)
+    trainer = Engine(lambda e, b: None)
+    trainer.run(range(3), max_epochs=2)
+    last, previous = tmp_path / "last.pt", tmp_path / "previous.pt"
+    torch.save({"network": net.state_dict(), "trainer": trainer.state_dict()}, last)
+    _checkpoint(previous, 3)
+    reads: list[str] = []
+    real_load = torch.load
+
+    def load(f, *args, **kwargs):
+        reads.append(Path(f).name)
+        return real_load(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", load)
+    point = resume_checkpoint([last, previous], resume=True)
+    assert point == str(last)
+    fresh, resumed = torch.nn.Linear(2, 2), Engine(lambda e, b: None)
+    SafeCheckpointLoader(point, {"network": fresh, "trainer": resumed}).attach(resumed)
+    resumed.run(range(3), max_epochs=3)
+    assert sorted(reads) == ["last.pt", "previous.pt"]  # was: last.pt three times
+    assert torch.equal(fresh.weight, net.weight) and resumed.state.iteration == 9
+    with pytest.raises(ValueError, match="past --epochs 1"):  # one line, not MONAI's advice on engine construction
+        again = Engine(lambda e, b: None)
+        SafeCheckpointLoader(str(last), {"network": fresh, "trainer": again}).attach(again)
+        again.run(range(3), max_epochs=1)
+
+
 def test_sigint_stops_after_the_iteration_and_exits_130() -> None:
     stop = StopOnSignal()
 
@@ -151,27 +178,18 @@ def test_sigint_stops_after_the_iteration_and_exits_130() -> None:
 
 
 def _cmd(data_dir: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable, "-m", "monai.bundle", "run", "--config_file", TRAIN, "--dataset_dir", str(data_dir),
-        "--download", "false", "--net_preset", "tiny", "--device", "cpu", "--output_dir", str(out), *COMMON, *extra,
-    ]
-
-
-ENV = dict(os.environ, PYTHONWARNINGS="ignore", PYTHONUNBUFFERED="1")
+    return bundle_command(TRAIN, *tiny(data_dir, out, *COMMON, *extra))
 
 
 def _run(data_dir: Path, out: Path, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(_cmd(data_dir, out, *extra), cwd=REPO, capture_output=True, text=True, env=ENV, timeout=600)
-    if check and done.returncode != 0:
-        raise AssertionError(f"run failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return done
+    return run_command(_cmd(data_dir, out, *extra), check=check)
 
 
 def _start_and_signal(data_dir: Path, out: Path, sig: int, *extra: str) -> tuple[int, str]:
     """Start a training, send ``sig`` as soon as its first epoch checkpoint exists; exit code and output."""
     log = out.with_suffix(".log")
     with log.open("w") as f:
-        proc = subprocess.Popen(_cmd(data_dir, out, *extra), cwd=REPO, env=ENV, stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(_cmd(data_dir, out, *extra), cwd=REPO, env=command_env(), stdout=f, stderr=subprocess.STDOUT)
         try:
             while not (out / "checkpoints" / "last.pt").exists():
                 assert proc.poll() is None, log.read_text()[-3000:]
@@ -204,10 +222,8 @@ def _digest(folder: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("medmnist")
-    write_synthetic_medmnist(d, "pneumoniamnist", n_train=48, n_val=24, n_test=40, seed=1)
-    return d
+def data_dir(synthetic_medmnist) -> Path:
+    return synthetic_medmnist(("pneumoniamnist", 48, 24, 40, 1))
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from monai.transforms import Compose, LoadImaged
 from monai.utils import TransformBackends
 from PIL import Image
 
-from medsymmflow.codes import ClassCodebook
+from medsymmflow.codes import ClassCodebook, dequantization_noise
 from medsymmflow.transforms import (
     ClassToCodeMask,
     ClassToCodeMaskd,
@@ -190,6 +190,19 @@ def test_dequantize_reproducible_with_seed():
     assert not torch.equal(a, c)
     t = UniformDequantize(4).set_random_state(7)
     assert not torch.equal(t(img), t(img))  # fresh noise on each call
+
+
+def test_transform_and_codebook_share_one_dequantization_noise():
+    """UniformDequantize (MONAI random state) and the trainer's dequantized_code_mask (torch RNG) add the same function of U(0, 1)."""
+    beta, shape = 3.3, (1, 4, 4)
+    out = UniformDequantize(beta).set_random_state(5)(np.zeros(shape, dtype=np.float64))
+    state = np.random.RandomState(5)
+    state.rand()  # the draw against prob comes first
+    np.testing.assert_array_equal(out, dequantization_noise(state.random_sample(shape), beta))
+    cb = ClassCodebook.gray(2)
+    mask = cb.dequantized_code_mask([1], (4, 4), beta, generator=torch.Generator().manual_seed(3))
+    uniform = torch.rand((1, 1, 4, 4), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(mask, cb.code_mask([1], (4, 4)) + dequantization_noise(uniform, beta))
 
 
 def test_dequantize_metatensor_prob_and_errors():

@@ -14,7 +14,6 @@ import argparse
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from medsymmflow.checks import available_device
 from medsymmflow.generation_metrics import DEFAULT_EVAL_STEPS, METRICS_FILE
 
 if TYPE_CHECKING:
@@ -90,24 +89,14 @@ def parse_steps(text: str) -> tuple[int, ...]:
     return steps
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    # before the checkpoint is read: torch blames the file for a device this machine lacks
-    available_device(args.device, "--device")
-    for name in ("num_per_class", "steps", "batch_size"):
-        value = getattr(args, name)
-        if value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-    if args.eval_samples is not None and args.eval_samples < 2:
-        raise ValueError(f"--eval-samples must be >= 2 (FID needs two images), got {args.eval_samples}")
-    if args.evaluate and not args.dataset_dir:
-        raise ValueError("--evaluate needs --dataset-dir (the folder holding <flag>.npz)")
-
-
 def run(args: argparse.Namespace) -> int:
     """Sample (or evaluate) from ``args.ckpt`` and print every file written; returns the exit code."""
-    from medsymmflow.generation import load_generator, sample_checkpoint
+    from medsymmflow.generation import check_sampling_settings, load_generator, sample_checkpoint
 
-    _check_args(args)
+    # the library's checks, before the checkpoint is read; --eval-samples is checked by evaluate_checkpoint
+    check_sampling_settings(args.device, args.num_per_class, args.steps, args.batch_size)
+    if args.evaluate and not args.dataset_dir:
+        raise ValueError("--evaluate needs --dataset-dir (the folder holding <flag>.npz)")
     eval_steps = parse_steps(args.eval_steps) if args.evaluate else ()
     gen = load_generator(args.ckpt, device=args.device, vae=getattr(args, "vae", None))
     if args.evaluate:

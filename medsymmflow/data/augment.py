@@ -13,19 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from medsymmflow.checks import float_image_batch
+
 __all__ = ["BatchAugment", "batch_augment"]
 
 _PADDING_MODES = ("replicate", "reflect", "constant")
-
-
-def _check_images(images: torch.Tensor) -> None:
-    """Raise a clear error unless ``images`` is a floating ``(B, C, H, W)`` tensor."""
-    if not isinstance(images, torch.Tensor):
-        raise TypeError(f"images must be a torch.Tensor, got {type(images).__name__}")
-    if images.ndim != 4:
-        raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
-    if not images.is_floating_point():
-        raise TypeError(f"images must be floating point, got dtype {images.dtype}")
 
 
 def _check_settings(max_shift: int, padding_mode: str) -> None:
@@ -70,7 +62,7 @@ def batch_augment(
     with value ``fill``; -1 is black in [-1, 1] units). ``generator`` makes the draws reproducible; it
     must live on the images' device. The input is never modified.
     """
-    _check_images(images)
+    float_image_batch(images, "images")
     _check_settings(max_shift, padding_mode)
     if padding_mode == "reflect" and max_shift >= min(images.shape[-2:]):
         raise ValueError(f"reflect padding needs max_shift < image size {tuple(images.shape[-2:])}, got {max_shift}")

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import RandomSampler, Sampler, WeightedRandomSampler
 
+from medsymmflow.checks import positive_int
+
 __all__ = ["class_balanced_weights", "distributed_world", "make_sampler"]
 
 
@@ -72,8 +74,8 @@ def make_sampler(
     """
     vector = _as_label_vector(labels)
     n = int(vector.shape[0])
-    if num_samples is not None and (isinstance(num_samples, bool) or int(num_samples) < 1):
-        raise ValueError(f"num_samples must be a positive int or None, got {num_samples}")
+    if num_samples is not None:
+        positive_int(num_samples, "num_samples")
     if distributed is None:
         distributed = distributed_world() is not None or num_replicas is not None
 

@@ -14,7 +14,7 @@ from monai.utils import CommonKeys as Keys
 from medsymmflow.checks import positive_float, positive_int
 from medsymmflow.codes import decision_scores
 from medsymmflow.inferers import SymmFlowClassifier
-from medsymmflow.networks.latent import LatentCodec
+from medsymmflow.networks.latent import LatentCodec, check_codec
 
 __all__ = ["SymmFlowEvaluator"]
 
@@ -69,10 +69,7 @@ class SymmFlowEvaluator(Evaluator):
         positive_int(num_runs, "num_runs")
         positive_float(temperature, "temperature")
         inferer.codebook.check_score(score)
-        if codec is not None:
-            if not isinstance(codec, LatentCodec):
-                raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
-            codec.check_codebook(inferer.codebook)
+        if check_codec(codec, inferer.codebook) is not None:
             if inferer.code_channels != codec.latent_channels:
                 raise ValueError(
                     f"the inferer predicts {inferer.code_channels}-channel codes but the VAE's latents have "

@@ -12,10 +12,11 @@ from typing import Any, Callable, Mapping
 
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import DiskSaver
+from ignite.handlers import Checkpoint, DiskSaver
 from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.utils import set_determinism
 
+from medsymmflow.engines.resume import ResumePoint
 from medsymmflow.io import atomic_open, check_checkpoint, load_checkpoint
 
 __all__ = [
@@ -205,14 +206,31 @@ class SafeCheckpointLoader(CheckpointLoader):
         self.optional = tuple(optional)
 
     def __call__(self, engine: Engine) -> None:
-        """Check the file, then restore every object of ``load_dict``."""
-        stored = load_checkpoint(self.load_path, self.map_location)  # raises FileNotFoundError / ValueError naming the file
+        """Check the checkpoint, then restore every object of ``load_dict`` from it (the file is read once)."""
+        if not self.strict_shape:  # MONAI's partial loading for transfer learning, which reads the file itself
+            super().__call__(engine)
+            return
+        # a ResumePoint hands over what resume_checkpoint read; else read here (FileNotFoundError / ValueError naming the file)
+        stored = self.load_path.take_checkpoint() if isinstance(self.load_path, ResumePoint) else None
+        if stored is None:
+            stored = load_checkpoint(self.load_path, self.map_location)
         absent = [k for k in self.optional if k in self.load_dict and isinstance(stored, Mapping) and k not in stored]
         if absent:
             logger.warning("%s holds no %s (written by an older version); starting it afresh", self.load_path, ", ".join(absent))
             self.load_dict = {k: v for k, v in self.load_dict.items() if k not in absent}
         check_checkpoint(stored, self.load_dict, self.load_path)  # entries and network shapes, named
-        super().__call__(engine)
+        (key,) = self.load_dict if len(self.load_dict) == 1 else (None,)
+        if key is not None and key not in stored:  # a bare state_dict for a single object
+            stored = {key: stored}
+        max_epochs = engine.state.max_epochs  # the run's setting, not the checkpoint's
+        Checkpoint.load_objects(to_load=self.load_dict, checkpoint=stored, strict=self.strict)
+        if max_epochs is not None and engine.state.epoch > max_epochs:
+            raise ValueError(
+                f"{self.load_path} is at epoch {engine.state.epoch}, past --epochs {max_epochs}: "
+                "pass a larger --epochs to continue training from it"
+            )
+        engine.state.max_epochs = max_epochs
+        self.logger.info("Restored all variables from %s", self.load_path)
 
 
 class TrainingBudget:

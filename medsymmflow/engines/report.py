@@ -15,6 +15,7 @@ from ignite.engine import Engine, Events
 
 from medsymmflow.io import atomic_write
 from medsymmflow.metrics.classification import mean_two_sigma, medmnist_metrics, probabilities, torchmetrics_metrics
+from medsymmflow.metrics.uncertainty import draw_spread
 from medsymmflow.reports.predictions import write_predictions
 
 __all__ = ["ClassificationReport", "InferenceReport"]
@@ -134,7 +135,7 @@ class ClassificationReport:
         if self.metrics_file is not None:
             atomic_write(self.output_dir / self.metrics_file, json.dumps(self.results, indent=2) + "\n")
 
-        spread = _draw_spread(draws[0]) if draws is not None else None
+        spread = draw_spread(draws[0]) if draws is not None else None
         if preds is not None:
             pred = preds[0]
         else:  # the nearest code, or the top score of a plain classifier
@@ -158,13 +159,6 @@ class ClassificationReport:
             ", ".join(f"{s} {m} {v['mean']:.4f}±{v['two_sigma']:.4f}" for s, ms in summary.items() for m, v in ms.items()),
             self.output_dir,
         )
-
-
-def _draw_spread(draw_distances: torch.Tensor) -> torch.Tensor:
-    """Fraction of noise draws whose nearest class differs from the majority vote, per sample."""
-    votes = draw_distances.argmin(-1)  # (R, N)
-    majority = torch.mode(votes, dim=0).values
-    return (votes != majority).double().mean(0)
 
 
 class InferenceReport:
@@ -214,7 +208,7 @@ class InferenceReport:
         unc = torch.as_tensor(out["uncertainty"][0]).detach().cpu()
         # the class the evaluator's decision chose (the nearest code when it gives none)
         pred = torch.as_tensor(out["pred"]).detach().cpu() if "pred" in out else d.argmin(1)
-        spread = _draw_spread(torch.as_tensor(out["draw_distances"][0]).detach().cpu())
+        spread = draw_spread(out["draw_distances"][0])
         names = out.get("filename") or [str(len(self._rows) + i) for i in range(d.shape[0])]
         k = d.shape[1]
         class_names = self.class_names or [str(c) for c in range(k)]

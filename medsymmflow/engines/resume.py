@@ -14,21 +14,40 @@ from ignite.engine import Engine, Events
 
 from medsymmflow.io import load_checkpoint
 
-__all__ = ["StopOnSignal", "resume_checkpoint"]
+__all__ = ["ResumePoint", "StopOnSignal", "resume_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
 
+class ResumePoint(str):
+    """The path of the checkpoint to resume from (a ``str``), carrying its contents as read while choosing it.
+
+    :class:`~medsymmflow.engines.SafeCheckpointLoader` takes the contents from it instead of reading the
+    file again, so a resume reads the checkpoint once.
+    """
+
+    def __new__(cls, path: str | os.PathLike, checkpoint: dict[str, Any]) -> "ResumePoint":
+        point = super().__new__(cls, os.fspath(path))
+        point._checkpoint = checkpoint
+        return point
+
+    def take_checkpoint(self) -> dict[str, Any] | None:
+        """The contents, once: then released, so that training does not hold a second copy of the weights."""
+        checkpoint, self._checkpoint = self._checkpoint, None
+        return checkpoint
+
+
 def resume_checkpoint(
     candidates: Sequence[str | os.PathLike], resume: bool, protected: Sequence[str | os.PathLike] = ()
-) -> str | None:
+) -> ResumePoint | None:
     """The newest intact checkpoint of ``candidates`` to resume from, or ``None`` to start from epoch 0.
 
     "Newest" is the one whose trainer state is furthest on; a file that cannot be read (truncated,
     damaged) is skipped with a warning naming it. Without ``resume``, any existing candidate or
     ``protected`` file (a run's ``best.pt``) stops the run with ValueError instead of overwriting it.
     With ``resume`` and no checkpoint at all the run starts afresh; with checkpoints but none intact it
-    stops. Temporary files a killed writer left next to the candidates are removed.
+    stops. Temporary files a killed writer left next to the candidates are removed. The chosen path
+    comes as a :class:`ResumePoint` holding the contents read here (each file is read once).
     """
     candidates = [Path(p) for p in candidates]
     existing = [p for p in (*candidates, *map(Path, protected)) if p.exists()]
@@ -37,11 +56,12 @@ def resume_checkpoint(
             raise ValueError(f"{existing[0]} exists; pass --resume true to continue or choose another --output_dir")
         _remove_stale_temporaries(candidates, protected)
         return None
-    best: tuple[int, Path, int] | None = None
+    best: tuple[int, Path, int, dict[str, Any]] | None = None
     problems = []
     for path in (p for p in candidates if p.exists()):
         try:
-            trainer = load_checkpoint(path, map_location="cpu")["trainer"]
+            stored = load_checkpoint(path, map_location="cpu")
+            trainer = stored["trainer"]
             iteration = int(trainer["iteration"])
         except (ValueError, KeyError, TypeError) as e:
             why = f"no trainer state ({e})" if isinstance(e, (KeyError, TypeError)) else str(e)
@@ -49,7 +69,7 @@ def resume_checkpoint(
             problems.append(f"{path.name}: {why}")
             continue
         if best is None or iteration > best[0]:
-            best = (iteration, path, int(trainer["epoch_length"]))
+            best = (iteration, path, int(trainer["epoch_length"]), stored)
     if best is None:
         if problems:
             raise ValueError(
@@ -59,12 +79,12 @@ def resume_checkpoint(
         logger.info("no checkpoint in %s to resume from; starting from epoch 0", candidates[0].parent)
         _remove_stale_temporaries(candidates, protected)
         return None
-    iteration, path, epoch_length = best
+    iteration, path, epoch_length, stored = best
     epoch, rest = divmod(iteration, max(epoch_length, 1))
     where = f"epoch {epoch}" + (f" + {rest} of {epoch_length} iterations" if rest else "")
     logger.info("resuming from %s (%s, iteration %d)", path, where, iteration)
     _remove_stale_temporaries(candidates, protected)
-    return str(path)
+    return ResumePoint(path, stored)
 
 
 def _remove_stale_temporaries(*groups: Sequence[str | os.PathLike]) -> None:

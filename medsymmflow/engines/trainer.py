@@ -13,7 +13,7 @@ from torch.optim import Optimizer
 from medsymmflow.codes import ClassCodebook
 from medsymmflow.flow.loss import SymmFlowLoss, TimeSampler
 from medsymmflow.flow.path import SymmetricPath
-from medsymmflow.networks.latent import LatentCodec
+from medsymmflow.networks.latent import LatentCodec, check_codec
 from medsymmflow.precision import autocast_context, resolve_autocast
 
 __all__ = ["SymmFlowTrainer"]
@@ -75,11 +75,7 @@ class SymmFlowTrainer(SupervisedTrainer):
         # float16 gradients underflow without loss scaling (bfloat16 has float32's range and needs none);
         # a disabled scaler passes the loss and the optimizer step through unchanged
         self.grad_scaler = torch.amp.GradScaler(torch.device(device).type, enabled=self.autocast_dtype == torch.float16)
-        if codec is not None and not isinstance(codec, LatentCodec):
-            raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
-        if codec is not None:
-            codec.check_codebook(codebook)
-        self.codec = codec
+        self.codec = check_codec(codec, codebook)
 
     def code_targets(self, labels: torch.Tensor, spatial_size: Sequence[int], device: torch.device) -> torch.Tensor:
         """Dequantized code masks ``(B, C_y, *spatial)`` for class indices ``labels``."""

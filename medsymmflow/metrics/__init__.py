@@ -25,7 +25,9 @@ from medsymmflow.metrics.selective import (
 )
 from medsymmflow.metrics.uncertainty import (
     UNCERTAINTY_SCORES,
+    UncertaintyScore,
     distance_uncertainty,
+    draw_spread,
     majority_vote,
     margin_uncertainty,
     spread_uncertainty,
@@ -37,6 +39,7 @@ __all__ = [
     "ReliabilityBins",
     "SelectivePredictionMetrics",
     "UNCERTAINTY_SCORES",
+    "UncertaintyScore",
     "accuracy_at_coverage",
     "accuracy_rejection_curve",
     "aurc",
@@ -45,6 +48,7 @@ __all__ = [
     "coverage_key",
     "distance_nll",
     "distance_uncertainty",
+    "draw_spread",
     "eaurc",
     "expected_calibration_error",
     "fit_temperature",

@@ -30,6 +30,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from medsymmflow.checks import positive_float, positive_int
+from medsymmflow.codes import distance_logits, distance_softmax
 from medsymmflow.metrics.uncertainty import _as_float_array, _check_distances
 
 __all__ = [
@@ -102,20 +104,10 @@ def _check_probs(probs: np.ndarray | torch.Tensor) -> np.ndarray:
     return np.clip(p, 0.0, 1.0)
 
 
-def _check_temperature(temperature: float) -> float:
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating, np.integer)):
-        raise TypeError(f"temperature must be a number, got {temperature!r}")
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-    return float(temperature)
-
-
 def softmax_from_distances(distances: np.ndarray | torch.Tensor, temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities ``softmax(-d / tau)`` from distances ``(N, K)`` -> float64 ``(N, K)``."""
-    from scipy.special import softmax
-
+    """Class probabilities ``softmax(-d / tau)`` (:func:`medsymmflow.codes.distance_softmax`) from distances ``(N, K)`` -> float64 ``(N, K)``."""
     d = _check_distances(distances, (2,))
-    return softmax(-d / _check_temperature(temperature), axis=1)
+    return distance_softmax(torch.from_numpy(d), temperature).numpy()
 
 
 def distance_nll(
@@ -124,13 +116,12 @@ def distance_nll(
     """Mean negative log-likelihood of ``labels`` under ``softmax(-d / tau)`` (natural log)."""
     d = _check_distances(distances, (2,))
     lab = _check_labels(labels, d.shape[1], d.shape[0])
-    return _nll(d, lab, _check_temperature(temperature))
+    return _nll(d, lab, positive_float(temperature, "temperature"))
 
 
 def _nll(d: np.ndarray, lab: np.ndarray, tau: float) -> float:
-    from scipy.special import log_softmax
-
-    return float(-log_softmax(-d / tau, axis=1)[np.arange(d.shape[0]), lab].mean())
+    log_p = torch.log_softmax(distance_logits(torch.from_numpy(d), tau), dim=1).numpy()
+    return float(-log_p[np.arange(d.shape[0]), lab].mean())
 
 
 def fit_temperature(
@@ -164,7 +155,7 @@ def fit_temperature(
     else:
         if len(bounds) != 2:
             raise ValueError(f"bounds must be (low, high), got {bounds!r}")
-        low, high = (_check_temperature(b) for b in bounds)
+        low, high = (positive_float(b, "bounds") for b in bounds)
         if not low < high:
             raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
         lo, hi = math.log(low), math.log(high)
@@ -198,7 +189,7 @@ def reliability_diagram_data(
     probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, n_bins: int = 15
 ) -> ReliabilityBins:
     """Top-label reliability bins ``((m-1)/M, m/M]``: mean confidence, accuracy and count per bin."""
-    n_bins = _check_n_bins(n_bins)
+    n_bins = positive_int(n_bins, "n_bins")
     p = _check_probs(probs)
     lab = _check_labels(labels, p.shape[1], p.shape[0])
     conf = p.max(axis=1)
@@ -211,12 +202,6 @@ def reliability_diagram_data(
         mean_conf = np.bincount(idx, weights=conf, minlength=n_bins) / counts
         mean_acc = np.bincount(idx, weights=correct, minlength=n_bins) / counts
     return ReliabilityBins(confidences=mean_conf, accuracies=mean_acc, counts=counts.astype(np.int64))
-
-
-def _check_n_bins(n_bins: int) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, (int, np.integer)) or n_bins < 1:
-        raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
-    return int(n_bins)
 
 
 def expected_calibration_error(

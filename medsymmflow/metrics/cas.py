@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medsymmflow.checks import positive_int
 from medsymmflow.io import check_uint8_images, to_float_images
 
 __all__ = ["Classifier", "classification_accuracy_score"]
@@ -47,8 +48,7 @@ def classification_accuracy_score(
         raise ValueError("no generated images to score")
     if not callable(classifier):
         raise TypeError(f"classifier must be callable images -> probabilities, got {type(classifier).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = positive_int(batch_size, "batch_size")
     with torch.inference_mode():
         parts = [
             torch.as_tensor(classifier(to_float_images(images[i : i + batch_size]))).detach().float().cpu()

@@ -8,19 +8,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from medsymmflow.codes import distance_softmax
+
 __all__ = ["mean_two_sigma", "medmnist_metrics", "probabilities", "torchmetrics_metrics"]
 
 
 def probabilities(distances: torch.Tensor | np.ndarray, temperature: float) -> torch.Tensor:
-    """``softmax(-d / tau)`` over the class axis of ``(N, K)`` distances."""
+    """``softmax(-d / tau)`` (:func:`medsymmflow.codes.distance_softmax`) of ``(N, K)`` distances, in float64."""
     d = torch.as_tensor(np.asarray(distances, dtype=np.float64) if isinstance(distances, np.ndarray) else distances).double()
     if d.ndim != 2:
         raise ValueError(f"distances must have shape (N, K), got {tuple(d.shape)}")
     if not torch.isfinite(d).all():
         raise ValueError("distances contain NaN or infinite values")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    return torch.softmax(-d / temperature, dim=1)
+    return distance_softmax(d, temperature)
 
 
 def torchmetrics_metrics(probs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:

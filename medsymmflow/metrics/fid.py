@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from medsymmflow.checks import positive_int
 from medsymmflow.io import check_uint8_images, to_float_images
 
 __all__ = [
@@ -183,8 +184,7 @@ class ReferenceFID:
         real = check_uint8_images(real_images, "real_images")
         if real.shape[0] < 2:
             raise ValueError(f"FID needs at least 2 real images, got {real.shape[0]}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        batch_size = positive_int(batch_size, "batch_size")
         extractor = load_inception(device=device) if feature_extractor is None else feature_extractor
         if not isinstance(extractor, nn.Module):
             raise TypeError(f"feature_extractor must be a torch.nn.Module, got {type(extractor).__name__}")

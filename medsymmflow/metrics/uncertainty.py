@@ -1,34 +1,46 @@
-"""Per-sample uncertainty scores from codebook distances; higher always means more uncertain.
+"""Per-sample uncertainty scores: the one registry of them, :data:`UNCERTAINTY_SCORES`; higher always means more uncertain.
 
-Every score reads the distances between the predicted code and every class code, as returned by
-``ClassCodebook.decode(...).distances`` (numpy or torch):
+Each score reads some of these arrays (numpy or torch), named as the predictions table's columns hold them:
 
-* ``distance`` (the papers' score): distance to the predicted (nearest) code, ``min_k d[n, k]``.
+* ``distance`` ``(N,)``: the decision's distance from the predicted code to the decided class's code
+  (``ClassificationResult.uncertainty``; the ``uncertainty`` column).
+* ``distances`` ``(N, K)``: the distance to every class code (``dist_k``), or per-draw ``(R, N, K)``,
+  averaged over the draws first.
+* ``spread`` ``(N,)``: the fraction of noise draws disagreeing with their majority class
+  (:func:`draw_spread` of the per-draw distances; the ``spread`` column).
+
+The scores (see :data:`UNCERTAINTY_SCORES` for the text the reports print):
+
+* ``distance`` (the papers' score): the decision's own distance.
 * ``margin``: ``-(d_second_nearest - d_nearest)``; a small gap between the two nearest codes means
   the prediction could easily flip, so the negated gap grows with uncertainty.
-* ``spread``: disagreement of ``R`` noise draws, for distances of shape ``(R, N, K)`` (see
-  :func:`spread_uncertainty` for the exact rule).
+* ``spread``: the draws' disagreement, ties (it takes only multiples of ``1/R``) ordered by the distance.
 
-``distance`` and ``margin`` also accept ``(R, N, K)``: the draws are averaged first, matching a
-prediction made from the averaged distances. All scores return float64 numpy arrays of shape ``(N,)``.
+All scores return float64 numpy arrays of shape ``(N,)``; :func:`uncertainty_score` computes one by name.
 """
 
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
+from medsymmflow.codes import majority_class
+
 __all__ = [
     "UNCERTAINTY_SCORES",
+    "UncertaintyScore",
     "distance_uncertainty",
+    "draw_spread",
     "majority_vote",
     "margin_uncertainty",
     "spread_uncertainty",
     "uncertainty_score",
 ]
+
 
 def _as_float_array(values: np.ndarray | torch.Tensor, name: str) -> np.ndarray:
     """Any numpy / torch / sequence input -> finite, non-empty float64 numpy array (ValueError otherwise)."""
@@ -64,12 +76,18 @@ def _check_distances(distances: np.ndarray | torch.Tensor, allowed_ndim: tuple[i
     return d
 
 
-def distance_uncertainty(distances: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Distance to the nearest class code, ``min_k d[n, k]``, from ``(N, K)`` or draws ``(R, N, K)``."""
-    d = _check_distances(distances, (2, 3))
-    if d.ndim == 3:
-        d = d.mean(axis=0)
-    return d.min(axis=1)
+def _check_per_sample(values: np.ndarray | torch.Tensor, name: str, n: int | None = None) -> np.ndarray:
+    v = _as_float_array(values, name)
+    if v.ndim != 1 or (n is not None and v.shape[0] != n):
+        raise ValueError(f"{name} must have shape (N,){'' if n is None else f' with N={n}'}, got {v.shape}")
+    if v.min() < 0:
+        raise ValueError(f"{name} must be >= 0, got a minimum of {v.min():g}")
+    return v
+
+
+def distance_uncertainty(distance: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The decision's distance from the predicted code to the decided class's code, ``(N,)``, as float64."""
+    return _check_per_sample(distance, "distance")
 
 
 def margin_uncertainty(distances: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -81,13 +99,6 @@ def margin_uncertainty(distances: np.ndarray | torch.Tensor) -> np.ndarray:
     return -(two_smallest[:, 1] - two_smallest[:, 0])
 
 
-def majority_vote(distances: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Most frequent per-draw nearest class over draws ``(R, N, K)`` -> int64 ``(N,)``; ties go to the lower index."""
-    d = _check_distances(distances, (3,))
-    votes = _vote_counts(d)
-    return votes.argmax(axis=1).astype(np.int64)
-
-
 def _vote_counts(d: np.ndarray) -> np.ndarray:
     """Per-sample vote counts ``(N, K)`` of the per-draw nearest class."""
     r, n, k = d.shape
@@ -97,36 +108,82 @@ def _vote_counts(d: np.ndarray) -> np.ndarray:
     return counts
 
 
-def spread_uncertainty(distances: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Disagreement of ``R >= 2`` noise draws ``(R, N, K)`` with their majority vote, tie-broken by distance spread.
+def majority_vote(draw_distances: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Majority of the per-draw nearest classes over draws ``(R, N, K)`` -> int64 ``(N,)``.
 
-    Rule: ``score = f + g / R`` with ``f = 1 - (votes for the majority class) / R`` (the fraction of draws
-    whose nearest code is not the majority class; a multiple of ``1/R``) and ``g = s / (1 + s)`` where
-    ``s`` is the standard deviation (``ddof=0``) over draws of the per-draw nearest distance. As
-    ``0 <= g < 1`` the tie-break term stays below one disagreement step, so samples are ordered by ``f``
-    first and, among equal ``f``, by ``s`` (both larger = more uncertain). The score lies in ``[0, 1)``.
+    Ties follow :func:`medsymmflow.codes.majority_class`, the classifier's ``vote`` rule: the smaller
+    mean distance over the draws, then the lower index.
     """
-    d = _check_distances(distances, (3,))
-    r = d.shape[0]
-    if r < 2:
-        raise ValueError(f"the spread score needs at least 2 noise draws on the first axis, got R={r}")
-    disagreement = 1.0 - _vote_counts(d).max(axis=1) / r
-    s = d.min(axis=2).std(axis=0)
-    return disagreement + (s / (1.0 + s)) / r
+    d = _check_distances(draw_distances, (3,))
+    return majority_class(torch.from_numpy(_vote_counts(d)), torch.from_numpy(d.mean(axis=0))).numpy().astype(np.int64)
 
 
-UNCERTAINTY_SCORES: dict[str, Callable[..., np.ndarray]] = {
-    "distance": distance_uncertainty,
-    "margin": margin_uncertainty,
-    "spread": spread_uncertainty,
+def draw_spread(draw_distances: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Fraction of noise draws ``(R, N, K)`` whose nearest class is not their :func:`majority_vote`, ``(N,)``."""
+    d = _check_distances(draw_distances, (3,))
+    nearest = d.argmin(axis=2)  # (R, N)
+    return (nearest != majority_vote(d)[None]).mean(axis=0)
+
+
+def spread_uncertainty(spread: np.ndarray | torch.Tensor, distance: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The draws' disagreement ``spread`` ``(N,)``, ties ordered by the decision's ``distance`` ``(N,)``.
+
+    ``spread`` takes few values (multiples of ``1/R``), so samples are ordered by it first and, among
+    equal ``spread``, by ``distance`` (both larger = more uncertain); equal pairs keep their order. The
+    score is each sample's position in that order, ``0 .. N-1``.
+    """
+    s = _as_float_array(spread, "spread")
+    if s.ndim != 1:
+        raise ValueError(f"spread must have shape (N,), got {s.shape}")
+    dist = _check_per_sample(distance, "distance", s.shape[0])
+    order = np.lexsort((dist, s))
+    ranks = np.empty(order.shape[0], dtype=np.float64)
+    ranks[order] = np.arange(order.shape[0])
+    return ranks
+
+
+@dataclass(frozen=True)
+class UncertaintyScore:
+    """One uncertainty score: what it measures (the text reports print) and the function computing it."""
+
+    definition: str
+    function: Callable[..., np.ndarray]
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The arrays the function reads, by keyword."""
+        return tuple(inspect.signature(self.function).parameters)
+
+
+UNCERTAINTY_SCORES: dict[str, UncertaintyScore] = {
+    "distance": UncertaintyScore(
+        "distance between the predicted code and the predicted class's code (the 'uncertainty' column; "
+        "'uncertainty_mode' for the mode decision)",
+        distance_uncertainty,
+    ),
+    "margin": UncertaintyScore(
+        "-(d_second_nearest - d_nearest) over the dist_k columns (pixel-mean distances; the CSV holds no "
+        "per-class distances of the mode decision, so both decisions use these)",
+        margin_uncertainty,
+    ),
+    "spread": UncertaintyScore(
+        "fraction of noise draws disagreeing with the majority vote (the 'spread' column), ties ordered by "
+        "the decision's distance score",
+        spread_uncertainty,
+    ),
 }
 
 
-def uncertainty_score(name: str, **arrays: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Uncertainty score ``name`` from ``UNCERTAINTY_SCORES``, e.g. ``uncertainty_score("margin", distances=d)``."""
+def uncertainty_score(name: str, **arrays: np.ndarray | torch.Tensor | None) -> np.ndarray:
+    """Uncertainty score ``name`` of :data:`UNCERTAINTY_SCORES`, e.g. ``uncertainty_score("margin", distances=d)``.
+
+    ``arrays`` may hold more than the score reads (one set serves every score); arrays it does not read
+    are ignored, and one it reads that is missing (or ``None``) is a TypeError naming it.
+    """
     if name not in UNCERTAINTY_SCORES:
         raise ValueError(f"unknown uncertainty score {name!r}; choose one of {', '.join(UNCERTAINTY_SCORES)}")
-    expected = set(inspect.signature(UNCERTAINTY_SCORES[name]).parameters)
-    if set(arrays) != expected:
-        raise TypeError(f"uncertainty score {name!r} takes {sorted(expected)} as keywords, got {sorted(arrays)}")
-    return UNCERTAINTY_SCORES[name](**arrays)
+    score = UNCERTAINTY_SCORES[name]
+    missing = [k for k in score.inputs if arrays.get(k) is None]
+    if missing:
+        raise TypeError(f"uncertainty score {name!r} takes {list(score.inputs)} as keywords, missing {missing}")
+    return score.function(**{k: arrays[k] for k in score.inputs})

@@ -35,6 +35,7 @@ import torch
 from monai.networks.nets import AutoencoderKL
 from torch import nn
 
+from medsymmflow.checks import float_image_batch, positive_int
 from medsymmflow.io import atomic_write, load_checkpoint
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "PresetAutoencoderKL",
     "VAELoadError",
     "build_vae",
+    "check_codec",
     "load_vae",
     "match_vae_channels",
     "measure_scale_factor",
@@ -108,9 +110,7 @@ class PresetAutoencoderKL(AutoencoderKL):
         unknown = sorted(set(overrides) - _VAE_ARGS)
         if unknown:
             raise TypeError(f"unknown AutoencoderKL argument(s) {unknown}; valid overrides: {', '.join(sorted(_VAE_ARGS))}")
-        for name, value in (("in_channels", in_channels), ("latent_channels", latent_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        in_channels, latent_channels = positive_int(in_channels, "in_channels"), positive_int(latent_channels, "latent_channels")
         kwargs = {**VAE_PRESETS[preset], **overrides}
         super().__init__(
             spatial_dims=2, in_channels=in_channels, out_channels=in_channels, latent_channels=latent_channels, **kwargs
@@ -233,12 +233,7 @@ class LatentCodec(nn.Module):
 
     # ------------------------------------------------------------------ encoding / decoding
     def _to_vae_input(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.ndim != 4:
-            raise ValueError(f"{name} must have shape (B, C, H, W), got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise TypeError(f"{name} must be floating point in [-1, 1], got dtype {x.dtype}")
+        float_image_batch(x, name, " in [-1, 1]")
         self.latent_shape(x.shape[2:])
         return match_vae_channels(x, self.in_channels, name)
 
@@ -291,6 +286,20 @@ class LatentCodec(nn.Module):
         if int(channels) == 1:
             return out.mean(dim=1, keepdim=True)
         raise ValueError(f"cannot map the VAE's {out.shape[1]} output channels to {channels}; use 1 or {out.shape[1]}")
+
+
+def check_codec(codec: Any, codebook: Any) -> LatentCodec | None:
+    """``codec`` when it is ``None`` or a :class:`LatentCodec` that ``codebook``'s code masks can pass through.
+
+    A TypeError names another type (the trainer, evaluator and sampler all take a codec), a ValueError
+    a codebook of the wrong channels (:meth:`LatentCodec.check_codebook`).
+    """
+    if codec is None:
+        return None
+    if not isinstance(codec, LatentCodec):
+        raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
+    codec.check_codebook(codebook)
+    return codec
 
 
 def match_vae_channels(x: torch.Tensor, channels: int, name: str) -> torch.Tensor:

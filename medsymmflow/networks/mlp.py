@@ -6,6 +6,8 @@ import torch
 from monai.networks.nets.diffusion_model_unet import get_timestep_embedding
 from torch import nn
 
+from medsymmflow.checks import positive_int
+
 __all__ = ["SymmFlowMLP"]
 
 
@@ -26,12 +28,8 @@ class SymmFlowMLP(nn.Module):
         time_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("x_dim", x_dim), ("y_dim", y_dim), ("hidden", hidden), ("depth", depth),
-            ("time_embedding_dim", time_embedding_dim),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        x_dim, y_dim, hidden, depth = (positive_int(v, n) for v, n in ((x_dim, "x_dim"), (y_dim, "y_dim"), (hidden, "hidden"), (depth, "depth")))
+        time_embedding_dim = positive_int(time_embedding_dim, "time_embedding_dim")
         if not float(time_scale) > 0.0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
         self.x_dim = x_dim

@@ -23,6 +23,8 @@ from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
 from monai.networks.utils import pixelshuffle, pixelunshuffle
 from torch import nn
 
+from medsymmflow.checks import positive_int
+
 __all__ = ["SymmFlowUNet"]
 
 
@@ -94,17 +96,14 @@ class SymmFlowUNet(nn.Module):
         patch_size: int = 1,
     ) -> None:
         super().__init__()
-        for name, value in (("x_channels", x_channels), ("y_channels", y_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        x_channels, y_channels = positive_int(x_channels, "x_channels"), positive_int(y_channels, "y_channels")
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
         channels = tuple(int(c) for c in channels)
         if not channels or any(c < 1 for c in channels):
             raise ValueError(f"channels must be a non-empty sequence of positive widths, got {channels}")
         levels = len(channels)
-        if isinstance(norm_num_groups, bool) or not isinstance(norm_num_groups, int) or norm_num_groups < 1:
-            raise ValueError(f"norm_num_groups must be a positive int, got {norm_num_groups!r}")
+        norm_num_groups = positive_int(norm_num_groups, "norm_num_groups")
         bad = [c for c in channels if c % norm_num_groups]
         if bad:
             raise ValueError(
@@ -134,8 +133,7 @@ class SymmFlowUNet(nn.Module):
         if padding_mode not in ("replicate", "constant"):
             raise ValueError(f"padding_mode must be 'replicate' or 'constant', got {padding_mode!r}")
 
-        if isinstance(patch_size, bool) or not isinstance(patch_size, int) or patch_size < 1:
-            raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+        patch_size = positive_int(patch_size, "patch_size")
 
         self.x_channels = x_channels
         self.y_channels = y_channels

@@ -14,7 +14,6 @@ does all three from file paths (what ``medsymmflow selective`` and the bundles' 
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from medsymmflow.checks import positive_float, positive_int
 from medsymmflow.metrics.calibration import (
     calibration_metrics,
     fit_temperature,
@@ -29,7 +29,7 @@ from medsymmflow.metrics.calibration import (
     softmax_from_distances,
 )
 from medsymmflow.metrics.selective import DEFAULT_REJECTION_RATES, coverage_key, selective_metrics
-from medsymmflow.metrics.uncertainty import margin_uncertainty
+from medsymmflow.metrics.uncertainty import UNCERTAINTY_SCORES, uncertainty_score
 from medsymmflow.reports.predictions import (  # the table's one definition
     VAL_PREDICTIONS_FILE,
     Predictions,
@@ -48,16 +48,11 @@ __all__ = [
     "write_selective_report",
 ]
 
-MEDSYMMFLOW_SCORES = ("distance", "margin", "spread")
+MEDSYMMFLOW_SCORES = tuple(UNCERTAINTY_SCORES)  # the registry's names, in its order
 REPORT_FILES = {"json": "selective_metrics.json", "curves": "accuracy_rejection.png", "reliability": "reliability.png"}
 
 _SCORE_DEFINITIONS = {
-    "distance": "distance between the predicted code and the predicted class's code (the 'uncertainty' column; "
-    "'uncertainty_mode' for the mode decision)",
-    "margin": "-(d_second_nearest - d_nearest) over the dist_k columns (pixel-mean distances; the CSV holds no "
-    "per-class distances of the mode decision, so both decisions use these)",
-    "spread": "fraction of noise draws disagreeing with the majority vote (the 'spread' column), ties ordered by "
-    "the decision's distance score",
+    **{name: score.definition for name, score in UNCERTAINTY_SCORES.items()},
     "msp": "baseline: 1 - maximum softmax probability (the baseline's 'uncertainty' column)",
 }
 _BASELINE_PROB_ATOL = 1e-3  # CSV values carry ~6 significant digits; a looser row sum is not a softmax output
@@ -92,14 +87,6 @@ def _require_same_k(reference: Predictions, other: Predictions, role: str) -> No
             f"class count mismatch: {reference.path} has K={reference.num_classes} classes but the {role} file "
             f"{other.path} has K={other.num_classes}"
         )
-
-
-def _rank_lexicographic(primary: np.ndarray, secondary: np.ndarray) -> np.ndarray:
-    """Ranks ordering by ``primary`` then ``secondary`` (both ascending = more certain first)."""
-    order = np.lexsort((secondary, primary))
-    ranks = np.empty(order.shape[0], dtype=np.float64)
-    ranks[order] = np.arange(order.shape[0])
-    return ranks
 
 
 def _score_entry(
@@ -150,9 +137,7 @@ def _calibration(
         tau = _fit_tau(val.distances, val.labels, f"validation file {val.path}", warn)
         source = {"temperature_source": "validation", "temperature_file": str(val.path)}
     elif temperature is not None:
-        if not (math.isfinite(temperature) and temperature > 0):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature}")
-        tau, source = float(temperature), {"temperature_source": "argument", "temperature_file": None}
+        tau, source = positive_float(temperature, "temperature"), {"temperature_source": "argument", "temperature_file": None}
     else:
         warn.append(
             "no validation predictions: the temperature was fitted on the test predictions themselves, "
@@ -259,22 +244,15 @@ def selective_report(
         notes.append("spread skipped: every spread value is 0 (a single noise draw); evaluate with several draws")
         use_spread = False
 
-    margin = margin_uncertainty(predictions.distances)
+    reported = [n for n in names if n != "spread" or use_spread]
     section: dict[str, Any] = {"decisions": {}}
     for decision, (pred, distance) in decisions.items():
         correct = pred == predictions.labels
-        by_score: dict[str, Any] = {}
-        for name in names:
-            if name == "distance":
-                by_score[name] = _score_entry(correct, distance, coverages, rates)
-            elif name == "margin":
-                by_score[name] = _score_entry(correct, margin, coverages, rates)
-            elif use_spread:
-                assert predictions.spread is not None
-                # spread takes few values (multiples of 1/R): order ties by distance rather than file order
-                ranked = _rank_lexicographic(predictions.spread, distance)
-                by_score[name] = _score_entry(correct, ranked, coverages, rates)
-        section["decisions"][decision] = by_score
+        # the table's arrays for this decision, named as the registry's score functions read them
+        arrays = {"distance": distance, "distances": predictions.distances, "spread": predictions.spread}
+        section["decisions"][decision] = {
+            name: _score_entry(correct, uncertainty_score(name, **arrays), coverages, rates) for name in reported
+        }
     section["calibration"] = _calibration(predictions, val_predictions, temperature, n_bins, warn)
     section["notes"] = notes
 
@@ -285,7 +263,7 @@ def selective_report(
         "num_classes": predictions.num_classes,
         "rejection_rates": rates,
         "coverages": list(coverages),
-        "scores": [n for n in names if n != "spread" or use_spread],
+        "scores": reported,
         "definitions": {k: v for k, v in _SCORE_DEFINITIONS.items() if k in names or (k == "msp" and baseline)},
         "medsymmflow": section,
         "baseline": None if baseline is None else _baseline_section(baseline, predictions, coverages, rates, n_bins),
@@ -380,8 +358,7 @@ def make_selective_report(
     ignored, with a note). ``scores``: names or a comma-separated string. ``output_dir`` defaults to
     the predictions' folder.
     """
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
-        raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
+    bins = positive_int(bins, "bins")
     pred_path = resolve_predictions_path(predictions)
     val_path = Path(val_predictions) if val_predictions else None
     notes = []

@@ -18,7 +18,8 @@ from monai.data import MetaTensor
 from monai.transforms import LoadImage, RandomizableTransform, ScaleIntensityRange, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_dst_type
 
-from medsymmflow.codes import DECISIONS, ClassCodebook
+from medsymmflow.checks import nonnegative_float
+from medsymmflow.codes import DECISIONS, ClassCodebook, dequantization_noise
 from medsymmflow.data.cocostuff import COCOSTUFF_IGNORE_INDEX, COCOSTUFF_USED_VALUES
 from medsymmflow.data.folders import remap_label_values
 from medsymmflow.io import LabelMapReader, RasterReader
@@ -201,11 +202,7 @@ class UniformDequantize(RandomizableTransform):
         prob: float = 1.0,
     ) -> None:
         RandomizableTransform.__init__(self, prob)
-        if isinstance(beta, bool) or not isinstance(beta, (int, float, np.integer, np.floating)):
-            raise TypeError(f"beta must be a number of grey levels, got {type(beta).__name__}")
-        if not math.isfinite(float(beta)) or beta < 0:
-            raise ValueError(f"beta must be a finite number >= 0, got {beta}")
-        self.beta = float(beta)
+        self.beta = nonnegative_float(beta, "beta")
         self.codebook = None if codebook is None else resolve_codebook(codebook, num_classes)
         if self.codebook is not None:
             self.codebook.check_beta(self.beta)
@@ -216,7 +213,7 @@ class UniformDequantize(RandomizableTransform):
         super().randomize(None)
         if not self._do_transform:
             return
-        self.noise = self.R.uniform(-0.5, 0.5, size=tuple(img.shape)) * (self.beta / 127.5)
+        self.noise = dequantization_noise(self.R.random_sample(tuple(img.shape)), self.beta)
 
     def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> NdarrayOrTensor:
         """Return ``img`` plus the noise (``img`` unchanged when the draw against ``prob`` fails)."""
