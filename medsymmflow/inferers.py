@@ -7,7 +7,8 @@ All three integrate the same network with :class:`~medsymmflow.flow.SymmFlowSolv
   ``num_draws`` independent label-noise draws are run as one batch; their predicted masks are averaged
   before decoding and their per-draw distances are kept for the spread uncertainty.
 * :class:`SymmFlowSegmenter` does the same with a per-pixel decision (25 steps by default).
-* :class:`SymmFlowSampler` starts at t=0 from ``(noise_x, code_mask)`` and integrates to t=1 (25 steps).
+* :class:`SymmFlowSampler` starts at t=0 from ``(noise_x, code_mask)`` and integrates to t=1 (25 steps); the
+  code mask is a class's constant code or a label map's code mask (semantic image synthesis).
 
 For Latent MedSymmFlow the classifier takes the image's latent and a ``decode`` callable that maps the
 predicted code latents back to code masks (``LatentCodec.decode_image``); the sampler takes a ``codec``,
@@ -23,7 +24,7 @@ import torch
 from monai.inferers import Inferer
 
 from medsymmflow.checks import one_of, positive_int
-from medsymmflow.codes import ClassCodebook, majority_class
+from medsymmflow.codes import ClassCodebook, beta_to_amplitude, majority_class
 from medsymmflow.flow.solver import SymmFlowSolver, check_method
 from medsymmflow.networks.latent import LatentCodec, check_codec
 from medsymmflow.precision import autocast_context, resolve_autocast
@@ -186,8 +187,12 @@ class SymmFlowSegmenter(_ReverseInferer):
 
 
 class SymmFlowSampler(Inferer):
-    """Class-conditional generation: ``(noise_x, code_mask)`` at t=0 integrated to t=1.
+    """Conditional generation: ``(noise_x, code_mask)`` at t=0 integrated to t=1.
 
+    The condition is either one class index per sample (a constant code mask, class-conditional
+    generation) or a full code mask per sample, e.g. a label map encoded with
+    :meth:`~medsymmflow.codes.ClassCodebook.label_map_to_code_mask` (semantic image synthesis); both
+    are dequantized with ``beta`` as in training.
     With a ``codec`` (:class:`~medsymmflow.networks.LatentCodec`) the code mask of the image size is
     encoded (posterior mode), the latents are integrated and the generated latent is decoded to
     ``image_channels`` channels; ``spatial_size`` stays the image size.
@@ -210,6 +215,32 @@ class SymmFlowSampler(Inferer):
         self.beta = codebook.check_beta(beta)
         self.codec = check_codec(codec, codebook)
 
+    def condition(
+        self,
+        inputs: torch.Tensor,
+        spatial_size: tuple[int, ...],
+        device: torch.device,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The dequantized start code ``(B, C_y, *spatial)`` of class indices ``(B,)`` or clean code masks ``(B, C_y, *spatial)``."""
+        inputs = torch.as_tensor(inputs)
+        if not (inputs.is_floating_point() and inputs.ndim >= 3):
+            labels = inputs.reshape(-1)
+            return self.codebook.dequantized_code_mask(labels, tuple(spatial_size), self.beta, device, generator=generator)
+        if inputs.shape[1] != self.codebook.channels:
+            raise ValueError(
+                f"a code mask condition must have shape (B, {self.codebook.channels}, *spatial) for this "
+                f"{self.codebook.kind} codebook, got {tuple(inputs.shape)}"
+            )
+        if not torch.isfinite(inputs).all():
+            raise ValueError("the code mask condition contains NaN or infinite values")
+        code = inputs.to(device=device, dtype=torch.float32)
+        if self.beta > 0:
+            # the noise class-conditional masks get (ClassCodebook.dequantized_code_mask), drawn the same way
+            noise = torch.rand(code.shape, generator=generator, device=code.device)
+            code = code + (noise - 0.5) * (2.0 * beta_to_amplitude(self.beta))
+        return code
+
     def __call__(  # type: ignore[override]
         self,
         inputs: torch.Tensor,
@@ -217,15 +248,19 @@ class SymmFlowSampler(Inferer):
         spatial_size: tuple[int, ...] = (28, 28),
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Generate one image per class index in ``inputs`` (B,); returns (B, C_x, *spatial) in [-1, 1]-ish."""
-        labels = torch.as_tensor(inputs).reshape(-1)
-        device = next(network.parameters()).device if isinstance(network, torch.nn.Module) else labels.device
-        # the same dequantization as training
-        y = self.codebook.dequantized_code_mask(labels, tuple(spatial_size), self.beta, device, generator=generator)
+        """Generate one image per class index ``(B,)`` or per code mask ``(B, C_y, *spatial)`` in ``inputs``.
+
+        Returns ``(B, C_x, *spatial)`` in [-1, 1]-ish; a code mask sets ``spatial`` itself (``spatial_size`` is
+        then not used).
+        """
+        inputs = torch.as_tensor(inputs)
+        device = next(network.parameters()).device if isinstance(network, torch.nn.Module) else inputs.device
+        y = self.condition(inputs, tuple(spatial_size), device, generator)
+        batch, spatial = y.shape[0], tuple(y.shape[2:])
         if self.codec is None:
-            noise_x = torch.randn((labels.shape[0], self.image_channels) + tuple(spatial_size), generator=generator, device=device)
+            noise_x = torch.randn((batch, self.image_channels) + spatial, generator=generator, device=device)
             return SymmFlowSolver(network).sample(noise_x, y, t_start=0.0, t_end=1.0, steps=self.steps, method=self.method).x
         y = self.codec.encode_mask(y)
-        noise_x = torch.randn((labels.shape[0], self.codec.latent_channels) + tuple(y.shape[2:]), generator=generator, device=device)
+        noise_x = torch.randn((batch, self.codec.latent_channels) + tuple(y.shape[2:]), generator=generator, device=device)
         z = SymmFlowSolver(network).sample(noise_x, y, t_start=0.0, t_end=1.0, steps=self.steps, method=self.method).x
         return self.codec.decode_image(z, self.image_channels)

@@ -42,8 +42,11 @@ LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
     4: ("reports", ("medsymmflow.reports",)),
     # checkpoint applications: generation (checkpoint -> generator, images per class, PNGs, montages),
     # generation_metrics (FID / CAS of generated images per step count, generation_metrics.json),
-    # deploy (checkpoint -> TorchScript classifier, through generation's loader)
-    5: ("generation", ("medsymmflow.generation", "medsymmflow.generation_metrics", "medsymmflow.deploy")),
+    # deploy (checkpoint -> TorchScript classifier, through generation's loader), synthesis (checkpoint +
+    # label maps -> synthesised images, FID / KID / diversity / mask consistency, synthesis_metrics.json)
+    5: ("generation", (
+        "medsymmflow.generation", "medsymmflow.generation_metrics", "medsymmflow.deploy", "medsymmflow.synthesis",
+    )),
     # engines: MONAI Trainer / Evaluator subclasses and their handlers; baselines (the ResNet-18 trains
     # through the same engine stack and writes the same report)
     6: ("engines", ("medsymmflow.engines", "medsymmflow.baselines")),

