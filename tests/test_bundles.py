@@ -45,6 +45,12 @@ def test_train_writes_checkpoints_metrics_and_predictions(trained: Path) -> None
     assert selective["medsymmflow"]["calibration"]["temperature_source"] == "validation"
     assert selective["num_samples"] == 40 and selective["dataset"] == "pneumoniamnist"
     assert any((trained / "tensorboard").iterdir())
+    # the epoch's mean loss reaches the logs (a metric MONAI only registers as key_train_metric)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(trained / "tensorboard")).Reload()
+    losses = [e.value for e in events.Scalars("train_loss")]
+    assert len(losses) == 2 and all(np.isfinite(losses)), losses
     last = torch.load(trained / "checkpoints/last.pt", map_location="cpu", weights_only=True)
     assert set(last) >= {"run_info", "network", "ema", "optimizer", "lr_scheduler", "trainer"}
     assert last["trainer"]["iteration"] == 2 * last["trainer"]["epoch_length"] == 6  # 2 epochs of 48 / 16
