@@ -1,4 +1,8 @@
-"""Metrics: uncertainty scores, selective prediction (accuracy-rejection, AURC, E-AURC) and calibration."""
+"""Metrics: ACC / AUC, uncertainty scores, selective prediction (accuracy-rejection, AURC, E-AURC), calibration, FID, CAS and synthesis scores.
+
+Pure functions and torchmetrics classes over the arrays, images and callables they are given; report
+writing and plots live in :mod:`medsymmflow.reports`.
+"""
 
 from medsymmflow.metrics.calibration import (
     ReliabilityBins,

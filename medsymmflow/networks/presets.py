@@ -1,4 +1,4 @@
-"""Named SymmFlowUNet configurations: the paper's, a CPU-sized one and a test-sized one.
+"""Named SymmFlowUNet configurations: the paper's (pixel and latent), two CPU-sized ones and a test-sized one.
 
 ``"paper"`` follows MedSymmFlow's appendix (Table 4, low-resolution models): base width 64 with
 multipliers 1,2,2,2, two residual blocks per level, 64 channels per attention head, attention at
@@ -6,7 +6,10 @@ resolution 2 (the level after the first downsampling), dropout 0. The table's "4
 overridden by the 64 head channels, as in the guided-diffusion UNet the authors use: a width-128
 level gets 128 / 64 = 2 heads. MONAI's middle block always adds self-attention as well.
 ``"paper_latent"`` is the latent model of Table 5 (base width 128, otherwise the same), run on the
-4 x 28 x 28 latents of a 224 px image.
+4 x 28 x 28 latents of a 224 px image. ``"cpu"`` is a 1.1M-parameter UNet at full resolution;
+``"cpu_patch"`` (the CPU recipe's, ``configs/cpu.json``) the same widths with ``patch_size=2``: each 2 x 2
+patch is folded into channels before the UNet and back after it, so the UNet runs at half the
+resolution for about half the step time. ``"tiny"`` is for tests.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""Array transforms between class labels and SymmFlow code masks (MONAI style, numpy or torch).
+"""Array transforms (MONAI style, numpy or torch): class labels <-> SymmFlow code masks, image files, label maps.
 
-Every transform takes a :class:`~medsymmflow.codes.ClassCodebook`, or a codebook kind name
-(``"gray"``, ``"rgb"``, ``"palette"``) together with ``num_classes``. Outputs follow the input's
+The code-mask transforms take a :class:`~medsymmflow.codes.ClassCodebook`, or a codebook kind name
+(``"gray"``, ``"rgb"``, ``"palette"``, ``"onehot"``) together with ``num_classes``. Image files
+(``LoadImageFile``, ``StrictScaleIntensityRange``) and segmentation label maps (``LoadLabelMap``,
+``RemapLabels``, ``FlipSwap``, ``ResizeShortSide``) have their own transforms below. Outputs follow the input's
 container: numpy in -> numpy out, torch in -> torch out on the same device, and a
 :class:`monai.data.MetaTensor` keeps its metadata where the output lives on the same grid.
 """
