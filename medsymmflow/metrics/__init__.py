@@ -80,3 +80,14 @@ __all__ += [
     "inception_available",
     "load_inception",
 ]
+
+# Segmentation (appended): mIoU / per-class IoU from one confusion matrix, pixel accuracy, distance uncertainty.
+from medsymmflow.metrics.segmentation import (  # noqa: E402
+    SegmentationMetrics,
+    image_uncertainty,
+    iou_from_confusion,
+    mean_iou,
+    pixel_accuracy,
+)
+
+__all__ += ["SegmentationMetrics", "image_uncertainty", "iou_from_confusion", "mean_iou", "pixel_accuracy"]
