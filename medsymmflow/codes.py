@@ -8,6 +8,9 @@ A codebook holds ``K`` code vectors of ``C`` channels in ``[-1, 1]``:
 * ``palette`` (segmentation): an ``n x n x n`` RGB grid with ``n = ceil(K ** (1/3))`` levels spread
   over ``[-1, 1]``; class ``k`` takes grid colour ``round(linspace(0, n^3 - 1, K))[k]``. 19 classes
   use a 3-level grid (spacing 1.0), 171 classes a 6-level grid (spacing 0.4).
+* ``celebamask`` (SymmFlow on CelebAMask-HQ): the dataset authors' 19 class colours
+  (:data:`CELEBAMASK_HQ_COLOURS`, class ``k`` in their ``g_mask.py`` "list2" order), mapped to ``v / 127.5 - 1``;
+  the closest two are 51 grey levels apart, so ``beta`` must stay below ~29.
 * ``onehot``  (this package's CPU recipe): ``K`` channels, class ``k`` -> ``+1`` on channel ``k`` and ``-1``
   elsewhere. A one-step prediction is the posterior mean of the codes; with one-hot codes that mean
   is ``2 p - 1`` for the class posterior ``p``, so the nearest code is the most probable class. With
@@ -44,6 +47,7 @@ import torch
 from medsymmflow.checks import nonnegative_float, positive_float
 
 __all__ = [
+    "CELEBAMASK_HQ_COLOURS",
     "CODE_KINDS",
     "DECISIONS",
     "SCORES",
@@ -52,16 +56,25 @@ __all__ = [
     "beta_to_amplitude",
     "decision_scores",
     "dequantization_noise",
+    "dequantize",
     "distance_logits",
     "distance_softmax",
     "majority_class",
 ]
 
-CODE_KINDS = ("gray", "rgb", "palette", "onehot")
+CODE_KINDS = ("gray", "rgb", "palette", "celebamask", "onehot")
 DECISIONS = ("mean", "mode", "pixel")
 SCORES = ("softmax", "posterior")
 
 RGB_LEVELS = (0, 75, 150, 225)
+
+# The CelebAMask-HQ authors' colour of each class (8-bit RGB), indexed like CELEBAMASK_HQ_CLASSES
+# (face_parsing/Data_preprocessing/g_color.py of switchablenorms/CelebAMask-HQ; SymmFlow's masks use it)
+CELEBAMASK_HQ_COLOURS = (
+    (0, 0, 0), (204, 0, 0), (76, 153, 0), (204, 204, 0), (51, 51, 255), (204, 0, 204), (0, 255, 255),
+    (255, 204, 204), (102, 51, 0), (255, 0, 0), (102, 204, 0), (255, 255, 0), (0, 0, 153), (0, 0, 204),
+    (255, 51, 153), (0, 204, 204), (0, 51, 0), (255, 153, 51), (0, 204, 0),
+)
 
 # cdist's matrix-multiply shortcut loses ~1e-4 on small distances, which reorders confident samples
 # when distances are used as uncertainty; few channels (C <= K) keep the exact mode cheap.
@@ -90,6 +103,14 @@ def distance_logits(distances: torch.Tensor, temperature: float) -> torch.Tensor
 def distance_softmax(distances: torch.Tensor, temperature: float) -> torch.Tensor:
     """Class probabilities ``softmax(-d / tau)`` over the class axis of distances ``(B, K)``, in their dtype."""
     return torch.softmax(distance_logits(distances, temperature), dim=1)
+
+
+def dequantize(code: torch.Tensor, beta: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``code`` plus the uniform dequantization noise ``beta * U(-1/2, 1/2) / 127.5`` (``code`` itself when ``beta`` is 0)."""
+    if beta <= 0:
+        return code
+    # drawn from torch's RNG (or ``generator``), so per-epoch reseeding of the training RNG covers it
+    return code + dequantization_noise(torch.rand(code.shape, generator=generator, device=code.device), beta)
 
 
 @dataclass
@@ -212,6 +233,18 @@ class ClassCodebook:
         return cls(torch.from_numpy(grid[pick]).to(torch.float32), kind="palette")
 
     @classmethod
+    def celebamask(cls, num_classes: int = len(CELEBAMASK_HQ_COLOURS)) -> "ClassCodebook":
+        """The CelebAMask-HQ authors' 19 class colours (:data:`CELEBAMASK_HQ_COLOURS`), the codes SymmFlow uses."""
+        k = _check_num_classes(num_classes)
+        if k != len(CELEBAMASK_HQ_COLOURS):
+            raise ValueError(
+                f"the celebamask codebook holds CelebAMask-HQ's {len(CELEBAMASK_HQ_COLOURS)} class colours, got num_classes={k}; "
+                "use the palette codebook for other class counts"
+            )
+        colours = torch.tensor(CELEBAMASK_HQ_COLOURS, dtype=torch.float64)
+        return cls((colours / 127.5 - 1.0).to(torch.float32), kind="celebamask")
+
+    @classmethod
     def onehot(cls, num_classes: int) -> "ClassCodebook":
         """``K``-channel codes: ``+1`` on the class's own channel, ``-1`` on the others."""
         k = _check_num_classes(num_classes)
@@ -219,7 +252,7 @@ class ClassCodebook:
 
     @classmethod
     def from_kind(cls, kind: str, num_classes: int, **kwargs: float) -> "ClassCodebook":
-        """Build a codebook by name: ``gray``, ``rgb``, ``palette`` or ``onehot``."""
+        """Build a codebook by name: ``gray``, ``rgb``, ``palette``, ``celebamask`` or ``onehot``."""
         if isinstance(kind, ClassCodebook):
             return kind
         if kind not in CODE_KINDS:
@@ -302,10 +335,7 @@ class ClassCodebook:
     ) -> torch.Tensor:
         """:meth:`code_mask` on ``device`` plus the uniform dequantization ``beta * U(-1/2, 1/2) / 127.5``."""
         code = self.code_mask(torch.as_tensor(labels).reshape(-1).cpu(), spatial_size).to(device)
-        if beta > 0:
-            # drawn from torch's RNG (or ``generator``), so per-epoch reseeding of the training RNG covers it
-            code = code + dequantization_noise(torch.rand(code.shape, generator=generator, device=code.device), beta)
-        return code
+        return dequantize(code, beta, generator)
 
     def label_map_to_code_mask(
         self, label_map: torch.Tensor | np.ndarray, ignore_index: int | None = None, ignore_value: float = 0.0

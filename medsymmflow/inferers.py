@@ -179,10 +179,18 @@ class SymmFlowSegmenter(_ReverseInferer):
         super().__init__(codebook, steps=steps, method=method, num_draws=num_draws, decision="pixel", autocast=autocast)
 
     def __call__(  # type: ignore[override]
-        self, inputs: torch.Tensor, network: Callable[..., Any], generator: torch.Generator | None = None
+        self,
+        inputs: torch.Tensor,
+        network: Callable[..., Any],
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(labels (B, *spatial), distance to the chosen code (B, *spatial))``."""
-        out = self.codebook.decode(self.predict_code(inputs, network, generator).mean(0), "pixel")
+        """Return ``(labels (B, *spatial), distance to the chosen code (B, *spatial))``.
+
+        ``noise``: the label noise at t=1 (shape :meth:`noise_shape`) instead of a draw from ``generator``, so
+        that several step counts can start from the same noise.
+        """
+        out = self.codebook.decode(self.predict_code(inputs, network, generator, noise=noise).mean(0), "pixel")
         return out.labels, out.uncertainty
 
 

@@ -63,7 +63,12 @@ from medsymmflow.data.medmnist import (
     supported_flags,
 )
 from medsymmflow.data.sampling import class_balanced_weights, distributed_world, make_sampler
-from medsymmflow.data.synthetic import synthetic_class_templates, write_synthetic_medmnist
+from medsymmflow.data.synthetic import (
+    synthetic_class_templates,
+    synthetic_segmentation_colours,
+    write_synthetic_medmnist,
+    write_synthetic_segmentation,
+)
 
 __all__ = [
     "BatchAugment",
@@ -117,6 +122,8 @@ __all__ = [
     "split_ids",
     "supported_flags",
     "synthetic_class_templates",
+    "synthetic_segmentation_colours",
     "write_synthetic_medmnist",
+    "write_synthetic_segmentation",
     "write_splits_file",
 ]

@@ -1,4 +1,9 @@
-"""Tiny synthetic MedMNIST files in the official npz format, for tests and smoke runs.
+"""Tiny synthetic MedMNIST files in the official npz format, and synthetic segmentation folders, for tests and smoke runs.
+
+Segmentation (:func:`write_synthetic_segmentation`): ``images/<id>.png`` (RGB) and ``masks/<id>.png`` (class
+indices), the pairs layout :func:`~medsymmflow.data.celebamask_hq_dicts` reads. Class 0 is a striped,
+noisy background; each other class is a shape (disc, square or diamond, by class) in its own colour,
+placed at random, so a pixel's class follows from its colour and its neighbourhood.
 
 The file has medmnist's keys in medmnist's order (``train_images, val_images, test_images,
 train_labels, val_labels, test_labels``), uint8 images ``N x H x W`` (gray) or ``N x H x W x 3`` (RGB,
@@ -17,7 +22,7 @@ import numpy as np
 
 from medsymmflow.data.medmnist import MEDMNIST_SPLITS, medmnist_filename, medmnist_info
 
-__all__ = ["synthetic_class_templates", "write_synthetic_medmnist"]
+__all__ = ["synthetic_class_templates", "synthetic_segmentation_colours", "write_synthetic_medmnist", "write_synthetic_segmentation"]
 
 
 def synthetic_class_templates(num_classes: int, size: int = 28, channels: int = 1) -> np.ndarray:
@@ -95,3 +100,69 @@ def write_synthetic_medmnist(
     # np.savez_compressed writes keyword arrays in insertion order: images of every split, then labels
     np.savez_compressed(path, **arrays, **labels)
     return path
+
+
+def synthetic_segmentation_colours(num_classes: int) -> np.ndarray:
+    """The mean RGB colour (grey levels) of each foreground class 1..K-1, hues evenly spread; row 0 is the background's mean grey."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+    colours = [(128.0, 128.0, 128.0)]
+    for k in range(1, num_classes):
+        hue = 2.0 * math.pi * (k - 1) / (num_classes - 1)
+        colours.append(tuple(128.0 + 100.0 * math.cos(hue + 2.0 * math.pi * c / 3.0) for c in range(3)))
+    return np.asarray(colours)
+
+
+def write_synthetic_segmentation(
+    directory: str | os.PathLike,
+    n: int = 8,
+    size: int = 32,
+    num_classes: int = 4,
+    seed: int = 0,
+    shapes_per_image: int = 2,
+    noise_std: float = 10.0,
+) -> Path:
+    """Write ``n`` image / label-map pairs of ``size`` px into ``directory/{images,masks}``; return ``directory``.
+
+    Every image has the striped background (class 0, random stripe angle and phase) and ``shapes_per_image``
+    shapes of random foreground classes, sizes and places (a later shape covers an earlier one), plus
+    per-pixel Gaussian noise of ``noise_std`` grey levels. The same ``seed`` gives the same files.
+    """
+    from PIL import Image
+
+    for name, value, low in (("n", n, 1), ("size", size, 8), ("num_classes", num_classes, 2), ("shapes_per_image", shapes_per_image, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    if noise_std < 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    rng = np.random.default_rng(seed)
+    colours = synthetic_segmentation_colours(num_classes)
+    rows, cols = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
+    out = Path(directory)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    width = len(str(n - 1))
+    for i in range(n):
+        angle, phase = rng.uniform(0, math.pi), rng.uniform(0, 2 * math.pi)
+        stripes = np.sin((rows * math.cos(angle) + cols * math.sin(angle)) * (2 * math.pi / max(4.0, size / 4)) + phase)
+        image = np.repeat((colours[0][0] + 40.0 * stripes)[..., None], 3, axis=2)
+        label = np.zeros((size, size), dtype=np.uint8)
+        for _ in range(shapes_per_image):
+            k = int(rng.integers(1, num_classes))
+            radius = rng.uniform(size / 8, size / 4)
+            cy, cx = rng.uniform(radius, size - radius, size=2)
+            dy, dx = rows - cy, cols - cx
+            kind = (k - 1) % 3
+            if kind == 0:
+                inside = dy**2 + dx**2 <= radius**2
+            elif kind == 1:
+                inside = np.maximum(np.abs(dy), np.abs(dx)) <= radius * 0.85
+            else:
+                inside = np.abs(dy) + np.abs(dx) <= radius * 1.2
+            label[inside] = k
+            image[inside] = colours[k]
+        image = np.clip(np.rint(image + rng.normal(0.0, noise_std, size=image.shape)), 0, 255).astype(np.uint8)
+        stem = f"synthetic_{i:0{width}d}"
+        Image.fromarray(image, mode="RGB").save(out / "images" / f"{stem}.png")
+        Image.fromarray(label, mode="L").save(out / "masks" / f"{stem}.png")
+    return out

@@ -12,6 +12,8 @@ from medsymmflow.engines.handlers import (
 )
 from medsymmflow.engines.report import ClassificationReport, InferenceReport
 from medsymmflow.engines.resume import StopOnSignal, resume_checkpoint
+from medsymmflow.engines.segmentation import SymmFlowSegmentationEvaluator
+from medsymmflow.engines.segmentation_report import SegmentationReport
 from medsymmflow.engines.trainer import SymmFlowTrainer
 
 __all__ = [
@@ -23,8 +25,10 @@ __all__ = [
     "EpochSeedHandler",
     "InferenceReport",
     "SafeCheckpointLoader",
+    "SegmentationReport",
     "StopOnSignal",
     "SymmFlowEvaluator",
+    "SymmFlowSegmentationEvaluator",
     "SymmFlowTrainer",
     "TrainingBudget",
     "VAEExport",

@@ -10,21 +10,43 @@ from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 from torch.optim import Optimizer
 
-from medsymmflow.codes import ClassCodebook
+from medsymmflow.codes import ClassCodebook, dequantize
 from medsymmflow.flow.loss import SymmFlowLoss, TimeSampler
 from medsymmflow.flow.path import SymmetricPath
 from medsymmflow.networks.latent import LatentCodec, check_codec
 from medsymmflow.precision import autocast_context, resolve_autocast
 
-__all__ = ["SymmFlowTrainer"]
+__all__ = ["SymmFlowTrainer", "check_label_map", "is_label_map"]
+
+
+def is_label_map(labels: torch.Tensor) -> bool:
+    """Whether a batch's labels are dense label maps ``(B, 1, *spatial)`` rather than one class index per image."""
+    return labels.ndim >= 3
+
+
+def check_label_map(labels: torch.Tensor, spatial_size: Sequence[int]) -> None:
+    """Raise a ValueError unless ``labels`` is ``(B, 1, *spatial_size)``: one label map per image, on the image's grid."""
+    if labels.shape[1] != 1 or tuple(labels.shape[2:]) != tuple(int(s) for s in spatial_size):
+        raise ValueError(
+            f"label maps must have shape (B, 1, {', '.join(str(int(s)) for s in spatial_size)}) to match the images, "
+            f"got {tuple(labels.shape)}"
+        )
 
 
 class SymmFlowTrainer(SupervisedTrainer):
-    """Trains a joint velocity network on (image, class) batches.
+    """Trains a joint velocity network on (image, class) or (image, label map) batches.
 
-    Each iteration: class index -> code mask (codebook) -> dequantize with ``beta`` -> sample ``t``
+    Each iteration: labels -> code mask (codebook) -> dequantize with ``beta`` -> sample ``t``
     and noise -> symmetric path -> weighted x/y velocity MSE -> backward -> optimizer step.
     Checkpoints, EMA, LR schedules, validation and logging are handlers wired in the bundle.
+
+    The batch's ``label`` is either one class index per image (``(B,)`` or ``(B, 1)``: classification, a
+    constant code mask) or a label map ``(B, 1, *spatial)`` on the image's grid (segmentation, one code per
+    pixel; pixels equal to ``ignore_index`` get code 0 and are left out of the loss). A batch that carries a
+    precomputed dequantized code mask under ``code_key`` (``LabelMapToCodeMaskd`` + ``UniformDequantized`` in
+    the data pipeline) uses it as is. A ``valid_key`` entry (``ValidPixelMaskd``: ``(B, 1, *spatial)``,
+    1 = labelled) masks the code half of the loss (see :class:`~medsymmflow.flow.SymmFlowLoss`); without
+    one, a label map's ``ignore_index`` pixels give the mask. Class-index batches have no mask.
 
     With a ``codec`` (:class:`~medsymmflow.networks.LatentCodec`, Latent MedSymmFlow) the image is
     replaced by a posterior sample of its VAE latent and the full-resolution dequantized code mask by
@@ -50,6 +72,9 @@ class SymmFlowTrainer(SupervisedTrainer):
         prepare_batch: Callable = default_prepare_batch,
         train_handlers: Sequence | None = None,
         codec: LatentCodec | None = None,
+        ignore_index: int | None = None,
+        code_key: str = "code",
+        valid_key: str = "valid",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -76,10 +101,38 @@ class SymmFlowTrainer(SupervisedTrainer):
         # a disabled scaler passes the loss and the optimizer step through unchanged
         self.grad_scaler = torch.amp.GradScaler(torch.device(device).type, enabled=self.autocast_dtype == torch.float16)
         self.codec = check_codec(codec, codebook)
+        self.ignore_index = None if ignore_index is None else int(ignore_index)
+        self.code_key, self.valid_key = code_key, valid_key
 
     def code_targets(self, labels: torch.Tensor, spatial_size: Sequence[int], device: torch.device) -> torch.Tensor:
-        """Dequantized code masks ``(B, C_y, *spatial)`` for class indices ``labels``."""
-        return self.codebook.dequantized_code_mask(labels, tuple(spatial_size), self.beta, device)
+        """Dequantized code masks ``(B, C_y, *spatial)`` for class indices ``(B,)`` or label maps ``(B, 1, *spatial)``."""
+        labels = torch.as_tensor(labels)
+        if not is_label_map(labels):
+            return self.codebook.dequantized_code_mask(labels, tuple(spatial_size), self.beta, device)
+        check_label_map(labels, spatial_size)
+        code = self.codebook.label_map_to_code_mask(labels[:, 0].to(device), ignore_index=self.ignore_index)
+        return dequantize(code.movedim(0, 1).contiguous(), self.beta)
+
+    def valid_mask(self, batchdata: Any, labels: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+        """The batch's valid-pixel mask ``(B, 1, *spatial)``, from ``valid_key`` or a label map's ``ignore_index``; None for class indices."""
+        if isinstance(batchdata, dict) and self.valid_key in batchdata:
+            return torch.as_tensor(batchdata[self.valid_key]).to(device=device, dtype=torch.float32)
+        if self.ignore_index is not None and is_label_map(torch.as_tensor(labels)):
+            return (torch.as_tensor(labels) != self.ignore_index).to(device=device, dtype=torch.float32)
+        return None
+
+    def batch_code(self, batchdata: Any, labels: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """The dequantized code mask of a batch: its precomputed ``code_key`` entry, else :meth:`code_targets`."""
+        if not (isinstance(batchdata, dict) and self.code_key in batchdata):
+            return self.code_targets(labels, image.shape[2:], image.device)
+        code = torch.as_tensor(batchdata[self.code_key]).to(device=image.device, dtype=torch.float32)
+        expected = (image.shape[0], self.codebook.channels) + tuple(image.shape[2:])
+        if tuple(code.shape) != expected:
+            raise ValueError(
+                f"the batch's '{self.code_key}' must be a code mask of shape {expected} (batch, the {self.codebook.kind} "
+                f"codebook's {self.codebook.channels} channels, the image's grid), got {tuple(code.shape)}"
+            )
+        return code
 
     def _iteration(self, engine: "SymmFlowTrainer", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
@@ -90,8 +143,11 @@ class SymmFlowTrainer(SupervisedTrainer):
         image = torch.as_tensor(image).float()
         if engine.batch_augment is not None:
             image = engine.batch_augment(image)
-        code = engine.code_targets(label, image.shape[2:], image.device)
+        code = engine.batch_code(batchdata, label, image)
+        valid = engine.valid_mask(batchdata, label, image.device)
         engine.state.output = {Keys.IMAGE: image, Keys.LABEL: label}
+        if valid is not None and engine.codec is not None:
+            raise ValueError("valid-pixel masks are not supported in latent space yet: train segmentation without a codec")
         if engine.codec is not None:
             with torch.no_grad():
                 image = engine.codec.encode_image(image)
@@ -104,7 +160,10 @@ class SymmFlowTrainer(SupervisedTrainer):
         with autocast_context(image.device, engine.autocast_dtype):
             v_x, v_y = engine.network(sample.x_t, sample.y_t, sample.t)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-        loss = engine.loss_function(v_x.float(), v_y.float(), sample.dx_t, sample.dy_t)
+        if valid is None:
+            loss = engine.loss_function(v_x.float(), v_y.float(), sample.dx_t, sample.dy_t)
+        else:
+            loss = engine.loss_function(v_x.float(), v_y.float(), sample.dx_t, sample.dy_t, mask=valid)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss.item()} at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "

@@ -113,3 +113,14 @@ __all__ += [
     "ms_ssim_settings",
     "real_vs_real",
 ]
+
+# Segmentation (appended): mIoU / per-class IoU from one confusion matrix, pixel accuracy, distance uncertainty.
+from medsymmflow.metrics.segmentation import (  # noqa: E402
+    SegmentationMetrics,
+    image_uncertainty,
+    iou_from_confusion,
+    mean_iou,
+    pixel_accuracy,
+)
+
+__all__ += ["SegmentationMetrics", "image_uncertainty", "iou_from_confusion", "mean_iou", "pixel_accuracy"]

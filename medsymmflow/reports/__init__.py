@@ -25,3 +25,20 @@ __all__ = [
     "resolve_predictions_path",
     "write_predictions",
 ]
+
+# Segmentation (appended): metrics JSON per step count, per-class IoU and per-image tables.
+from medsymmflow.reports.segmentation import (  # noqa: E402
+    SEGMENTATION_METRICS_FILE,
+    SEGMENTATION_PER_CLASS_FILE,
+    SEGMENTATION_PER_IMAGE_FILE,
+    segmentation_payload,
+    write_segmentation_report,
+)
+
+__all__ += [
+    "SEGMENTATION_METRICS_FILE",
+    "SEGMENTATION_PER_CLASS_FILE",
+    "SEGMENTATION_PER_IMAGE_FILE",
+    "segmentation_payload",
+    "write_segmentation_report",
+]
