@@ -160,15 +160,15 @@ def test_mask_consistency_perfect_and_constant_segmenters() -> None:
         return torch.zeros(x.shape[0], x.shape[2], x.shape[3], dtype=torch.long)
 
     best = mask_consistency(images, maps, perfect, 3)
-    assert best["miou"] == best["miou_no_background"] == best["pixel_accuracy"] == 100.0
+    assert best["miou"] == best["miou_no_background"] == best["pixel_accuracy"] == 1.0
     # constant 0: class 0 IoU = 8 / (8 + 12 + 8), classes 1 and 2 IoU 0; the 4 unlabeled pixels do not count
     zero = mask_consistency(images, maps, constant, 3)
-    assert zero["per_class_iou"] == pytest.approx([100 * 8 / 28, 0.0, 0.0])
-    assert zero["miou"] == pytest.approx(100 * 8 / 28 / 3) and zero["miou_no_background"] == 0.0
-    assert zero["pixel_accuracy"] == pytest.approx(100 * 8 / 28)
+    assert zero["per_class_iou"] == pytest.approx([8 / 28, 0.0, 0.0])
+    assert zero["miou"] == pytest.approx(8 / 28 / 3) and zero["miou_no_background"] == 0.0
+    assert zero["pixel_accuracy"] == pytest.approx(8 / 28)
     # scores (B, K, H, W) are argmaxed; a class neither present nor predicted has no IoU and is left out
     scores = mask_consistency(images, maps, lambda x: nn.functional.one_hot(perfect(x), 4).permute(0, 3, 1, 2), 4)
-    assert scores["miou"] == 100.0 and scores["per_class_iou"][3] is None
+    assert scores["miou"] == 1.0 and scores["per_class_iou"][3] is None
     with pytest.raises(ValueError, match="label maps"):
         mask_consistency(images, maps[:1], perfect, 3)
 

@@ -20,7 +20,7 @@ calls the callables it is given; generating the images from label maps is
   :class:`LPIPSWeightsMissing` says which file to place where.
 * :func:`mask_consistency`: segment the synthesised images with any segmenter callable and report the
   mIoU against the conditioning label maps (one confusion matrix over all images, ``ignore_index``
-  pixels left out). The mIoU here is private to this module (``_iou_from_confusion``).
+  pixels left out), with the IoU of :mod:`medsymmflow.metrics.segmentation`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from torch import nn
 
 from medsymmflow.io import check_uint8_images, to_float_images
 from medsymmflow.metrics.fid import _CheckedFeatures, load_inception
+from medsymmflow.metrics.segmentation import iou_from_confusion, mean_iou, pixel_accuracy
 
 __all__ = [
     "LPIPS_NETS",
@@ -395,22 +396,6 @@ def _segment(segmenter: Segmenter, images: torch.Tensor, num_classes: int) -> to
     return out.round().long() if out.is_floating_point() else out.long()
 
 
-def _iou_from_confusion(confusion: torch.Tensor, include_background: bool = True) -> tuple[float, list[float | None]]:
-    """mIoU and per-class IoU (percent) of a ``(K, K)`` confusion matrix (rows: target, columns: prediction).
-
-    IoU_k = TP / (TP + FP + FN); a class absent from both targets and predictions has no IoU (None) and
-    is left out of the mean; ``include_background=False`` leaves class 0 out of the mean.
-    """
-    confusion = confusion.double()
-    tp = confusion.diagonal()
-    union = confusion.sum(0) + confusion.sum(1) - tp
-    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan"))) * 100.0
-    counted = iou if include_background else iou[1:]
-    counted = counted[~counted.isnan()]
-    miou = float(counted.mean()) if counted.numel() else float("nan")
-    return miou, [None if v != v else float(v) for v in iou.tolist()]
-
-
 def mask_consistency(
     images: np.ndarray | torch.Tensor,
     label_maps: np.ndarray | torch.Tensor,
@@ -419,7 +404,7 @@ def mask_consistency(
     ignore_index: int | None = 255,
     batch_size: int = 32,
 ) -> dict[str, Any]:
-    """mIoU (percent) of ``segmenter``'s label maps of synthesised ``images`` against the masks they were made from.
+    """mIoU (a fraction) of ``segmenter``'s label maps of synthesised ``images`` against the masks they were made from.
 
     ``images``: uint8 ``(N, H, W, C)``, passed to the segmenter as float ``(B, C, H, W)`` in [-1, 1];
     ``label_maps``: ``(N, H, W)`` class indices, ``ignore_index`` pixels left out. One confusion matrix
@@ -449,13 +434,11 @@ def mask_consistency(
                 raise ValueError(f"the segmenter returned classes outside 0..{k - 1}: [{int(pred.min())}, {int(pred.max())}]")
             confusion.update(pred, target)
     matrix = confusion.compute()
-    miou, per_class = _iou_from_confusion(matrix)
-    miou_fg, _ = _iou_from_confusion(matrix, include_background=False)
-    total = matrix.sum()
+    iou = iou_from_confusion(matrix)
     return {
-        "miou": miou,
-        "miou_no_background": miou_fg,
-        "per_class_iou": per_class,
-        "pixel_accuracy": float(matrix.diagonal().sum() / total * 100.0) if total > 0 else float("nan"),
+        "miou": mean_iou(iou),
+        "miou_no_background": mean_iou(iou, exclude=[0]),
+        "per_class_iou": [None if v != v else float(v) for v in iou.tolist()],
+        "pixel_accuracy": pixel_accuracy(matrix),
         "num_images": int(imgs.shape[0]),
     }
