@@ -57,6 +57,8 @@ from medsymmflow.baselines.engines import (
 )
 from medsymmflow.checks import positive_float, positive_int
 from medsymmflow.data.celebamask import CELEBAMASK_HQ_CLASSES, celebamask_hq_dicts
+from medsymmflow.data.folders import DEFAULT_FRACTIONS as FOLDER_FRACTIONS
+from medsymmflow.data.folders import SPLIT_NAMES
 from medsymmflow.engines import SegmentationReport
 from medsymmflow.io import atomic_write, json_safe
 from medsymmflow.metrics.segmentation import iou_from_confusion, mean_iou, pixel_accuracy
@@ -85,8 +87,8 @@ logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
 BASIC_UNET_FEATURES = (32, 32, 64, 128, 256, 32)  # MONAI's default
-# train / val / test of a folder without splits.json: 210 / 30 / 60 of the 300-pair sample
-DEFAULT_FRACTIONS = (0.7, 0.1, 0.2)
+# train / val / test of a folder without splits.json: the package's (the bundle's), 240 / 30 / 30 of the 300-pair sample
+DEFAULT_FRACTIONS = tuple(FOLDER_FRACTIONS[s] for s in SPLIT_NAMES)
 EVAL_BATCH_SIZE = 32
 KEY_METRICS = ("miou", "miou_no_background", "pixel_accuracy")
 
@@ -269,38 +271,53 @@ def build_segmentation_evaluator(
 
 
 def segmentation_transforms(
-    size: int, class_names: Sequence[str] = CELEBAMASK_HQ_CLASSES, train: bool = False, flip_prob: float = 0.5
+    size: int,
+    class_names: Sequence[str] = CELEBAMASK_HQ_CLASSES,
+    train: bool = False,
+    flip_prob: float = 0.5,
+    ignore_index: int = IGNORE_INDEX,
 ) -> Any:
-    """The bundle's CelebAMask-HQ pipeline for ``{"image", "label"}`` file dicts: a MONAI ``Compose``.
+    """The CelebAMask-HQ bundle's pipeline (``configs/segmentation_train.json``) for ``{"image", "label"}`` file dicts.
 
-    Read (``LoadImageFiled`` RGB, ``LoadLabelMapd``), short side to ``size`` (area / nearest-exact),
-    centre crop to ``size x size``, image grey levels 0..255 -> [-1, 1]; ``train`` adds
+    Read (``LoadImageFiled`` as RGB, ``LoadLabelMapd``), label values checked against the classes
+    (``RemapLabelsd``, ``ignore_index`` kept), short side to ``size`` (area / nearest-exact), a
+    ``size x size`` crop (random for ``train``, else centred), for ``train``
     :class:`~medsymmflow.transforms.dictionary.RandFlipSwapd` (the left/right classes of ``class_names``
-    swapped with the flip), the only random transform, so a ``CacheDataset`` caches everything before it.
+    swapped with the flip), image grey levels 0..255 -> [-1, 1]. A ``CacheDataset`` caches everything
+    before the first random transform (the resized pairs).
     """
-    from monai.transforms import CenterSpatialCropd, Compose, EnsureTyped
+    from monai.transforms import CenterSpatialCropd, Compose, EnsureTyped, RandSpatialCropd
 
     from medsymmflow.transforms.dictionary import (
         LoadImageFiled,
         LoadLabelMapd,
         MatchChannelsd,
         RandFlipSwapd,
+        RemapLabelsd,
         ResizeShortSided,
         StrictScaleIntensityRanged,
     )
 
     positive_int(size, "size")
+    keys = ["image", "label"]
+    crop = (
+        RandSpatialCropd(keys=keys, roi_size=(size, size), random_size=False) if train
+        else CenterSpatialCropd(keys=keys, roi_size=(size, size))
+    )
     steps: list[Any] = [
         LoadImageFiled(keys="image"),
         MatchChannelsd(keys="image", channels=3),
         LoadLabelMapd(keys="label"),
-        ResizeShortSided(keys=["image", "label"], size=size, mode=["area", "nearest-exact"]),
-        CenterSpatialCropd(keys=["image", "label"], roi_size=(size, size)),
-        StrictScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=-1.0, b_max=1.0),
-        EnsureTyped(keys=["image", "label"], track_meta=False),
+        RemapLabelsd(keys="label", source_values=list(range(len(class_names))), ignore_index=ignore_index, what="segmentation"),
+        ResizeShortSided(keys=keys, size=size, mode=["area", "nearest-exact"]),
+        crop,
     ]
     if train:
-        steps.append(RandFlipSwapd(keys=["image", "label"], swap=list(class_names), label_keys=["label"], prob=flip_prob))
+        steps.append(RandFlipSwapd(keys=keys, swap=list(class_names), label_keys=["label"], prob=flip_prob))
+    steps += [
+        StrictScaleIntensityRanged(keys="image", a_min=0.0, a_max=255.0, b_min=-1.0, b_max=1.0),
+        EnsureTyped(keys=keys, dtype=torch.float32, track_meta=False),
+    ]
     return Compose(steps)
 
 
