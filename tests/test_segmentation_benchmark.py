@@ -124,3 +124,44 @@ def test_segmentation_montage_rows_hold_image_truth_predictions_and_uncertainty(
     cells = [[montage[pad + r * (h + pad), pad + c * (h + pad)] for c in range(5)] for r in range(n)]
     assert [int(cell[0]) for cell in cells[0]] == [10, 20, 30, 40, 0]
     assert int(cells[1][4][0]) == 255
+
+
+@pytest.mark.slow
+def test_measure_scores_floor_speed_synthesis_and_writes_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the measurements on real checkpoints: a tiny random SymmFlow checkpoint and a 1-epoch BasicUNet, 32 px
+    import functools
+
+    import torch
+    from torch import nn
+
+    import medsymmflow.synthesis as synthesis
+    from medsymmflow.baselines import train_segmentation_baseline
+    from medsymmflow.data import write_synthetic_segmentation
+    from medsymmflow.io import RunInfo
+    from medsymmflow.networks import build_network, create_ema
+
+    bench = _load_script("segmentation")
+    data = write_synthetic_segmentation(tmp_path / "pairs", n=20, size=32, num_classes=4, seed=0)
+    out = tmp_path / "run"
+    train_segmentation_baseline(data, size=32, budget_minutes=None, max_epochs=1, batch_size=8, features=(4, 4, 8, 8, 8, 4),
+                                class_names=["background", "a", "b", "c"], output_dir=out / "basicunet", threads=1)
+    info = RunInfo(flag="synthetic", num_classes=4, code_kind="palette", image_channels=3, code_channels=3, size=32, net_preset="tiny")
+    torch.manual_seed(0)
+    ckpt = out / "medsymmflow" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    torch.save({"run_info": info.state_dict(), "ema": create_ema(build_network("tiny", 3, 3)).state_dict()}, ckpt / "best.pt")
+    torch.save({"trainer": {"iteration": 7, "epoch": 1}}, ckpt / "last.pt")
+    features = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    monkeypatch.setattr(synthesis, "evaluate_synthesis_checkpoint",
+                        functools.partial(synthesis.evaluate_synthesis_checkpoint, feature_extractor=features, kid_subsets=5, lpips="none"))
+    args = bench._parse_args(["--dataset-dir", str(data), "--size", "32", "--figures-dir", str(tmp_path / "fig"),
+                              "--samples-per-mask", "2", "--montage-rows", "2", "--autocast", "none"])
+    measured = bench.measure(args, out)
+    assert measured["training_steps"] == {"medsymmflow": 7}
+    assert set(measured["throughput"]) == {"1", "25"} and measured["throughput"]["1"]["reference"]["images_per_second"] > 0
+    assert 0.0 <= measured["majority_floor"]["miou"] <= 1.0
+    assert {"basicunet", "medsymmflow_1step"} == set(measured["synthesis"]["result"]["mask_consistency"])
+    assert measured["synthesis"]["result"]["steps"] == 25 and "basicunet" in measured["synthesis"]["real_consistency"]
+    for figure in measured["figures"].values():
+        assert Path(figure).is_file() and Path(figure).parent == tmp_path / "fig"
+    assert json.loads((out / "measurements.json").read_text())["training_steps"] == {"medsymmflow": 7}
