@@ -1,15 +1,16 @@
-"""The ResNet-18 baseline's engines: MONAI's SupervisedTrainer / SupervisedEvaluator with medsymmflow's handlers.
+"""The baselines' engines: MONAI's SupervisedTrainer / SupervisedEvaluator with medsymmflow's handlers.
 
-:func:`build_baseline_engines` wires a plain classifier the way ``configs/train.json`` wires
+:func:`assemble_baseline_engines` wires a plain network the way ``configs/train.json`` wires
 MedSymmFlow: AdamW stepped per iteration by MONAI's ``WarmupCosineSchedule`` (``LrScheduleHandler``),
-validation every epoch (``ValidationHandler``) with MONAI's ``ROCAUC`` on the per-class scores as the
-key metric and ignite's ``Accuracy``, then :class:`~medsymmflow.engines.TrainingBudget` (the same
-handler, attached after the validation, so an epoch's timing includes it) and
+validation every epoch (``ValidationHandler``), then :class:`~medsymmflow.engines.TrainingBudget`
+(the same handler, attached after the validation, so an epoch's timing includes it) and
 :class:`~medsymmflow.engines.AtomicCheckpointSaver` on the evaluator keeping the weights of the best
-validation AUC. The pieces a plain classifier needs beyond MONAI's defaults are the batch
-preparation (flat labels, batch augmentation), an inferer running the forward under autocast, and the
-postprocessing that turns logits into the outputs :class:`~medsymmflow.engines.ClassificationReport`
-reads.
+validation key metric. :func:`build_baseline_engines` is the classifier's: cross-entropy, MONAI's
+``ROCAUC`` on the per-class scores as the key metric and ignite's ``Accuracy``. The pieces a plain
+classifier needs beyond MONAI's defaults are the batch preparation (flat labels, batch augmentation),
+an inferer running the forward under autocast, and the postprocessing that turns logits into the
+outputs :class:`~medsymmflow.engines.ClassificationReport` reads. The segmenter's (Dice +
+cross-entropy, validation mIoU) are in :mod:`medsymmflow.baselines.segmentation`.
 """
 
 from __future__ import annotations
@@ -42,8 +43,11 @@ __all__ = [
     "BaselineEngines",
     "ClassifierBatch",
     "SoftmaxOutputs",
+    "assemble_baseline_engines",
+    "best_model_saver",
     "build_baseline_engines",
     "build_evaluator",
+    "epoch_logs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -184,6 +188,89 @@ class BaselineEngines:
     inferer: AutocastInferer
 
 
+def best_model_saver(save_dir: str | os.PathLike, network: torch.nn.Module) -> AtomicCheckpointSaver:
+    """The evaluator's key-metric saver: the best validation's ``state_dict`` of ``network`` as ``save_dir/model.pt``."""
+    return AtomicCheckpointSaver(
+        save_dir=str(save_dir), save_dict={"network": network}, save_key_metric=True, key_metric_filename=BEST_MODEL_FILE
+    )
+
+
+def epoch_logs(name: str, log_every: int) -> list[StatsHandler]:
+    """The epoch-metrics log of engine ``name`` for the first epoch and every ``log_every``-th (empty without INFO logging)."""
+
+    def every(engine: Any, epoch: int) -> bool:
+        return epoch == 1 or epoch % log_every == 0
+
+    return _stats(name, every)
+
+
+def assemble_baseline_engines(
+    network: torch.nn.Module,
+    loader: DataLoader,
+    evaluator: SupervisedEvaluator,
+    saver: AtomicCheckpointSaver,
+    loss_function: Callable[..., torch.Tensor],
+    prepare_batch: Callable[..., tuple],
+    device: torch.device,
+    max_epochs: int | None,
+    budget_minutes: float | None,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    autocast_dtype: torch.dtype | None = None,
+    log_every: int = 1,
+    clock: Callable[[], float] = time.monotonic,
+) -> BaselineEngines:
+    """A baseline's SupervisedTrainer around ``evaluator`` (which holds ``saver``), wired like ``configs/train.json``.
+
+    AdamW from the peak ``lr``, MONAI's ``WarmupCosineSchedule`` (no warm-up) to 0 at the end of the
+    planned epochs, stepped per iteration; validation by ``evaluator`` after every epoch; then
+    :class:`TrainingBudget` (``budget_minutes``, ``plan_epochs``: the first epoch's time, validation
+    included, sets how many epochs fit; the plan and the schedule's end are revised after every epoch;
+    training stops once the budget is spent) and a ``MetricLogger`` of the losses and validation
+    metrics. ``max_epochs`` caps the epochs (None: only the budget bounds them). ``clock`` is the
+    budget's clock (tests pass a fake one). The evaluator's inferer must be an :class:`AutocastInferer`.
+    """
+    epochs = UNCAPPED_EPOCHS if max_epochs is None else int(max_epochs)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay)
+    # no warm-up: AdamW from the peak lr, cosine to 0 at the end of the epochs planned (TrainingBudget moves the end)
+    lr_scheduler = WarmupCosineSchedule(optimizer, warmup_steps=0, t_total=epochs * len(loader))
+    inferer = evaluator.inferer
+    if not isinstance(inferer, AutocastInferer):
+        raise TypeError(f"the evaluator's inferer must be an AutocastInferer, got {type(inferer).__name__}")
+    budget = TrainingBudget(
+        max_minutes=budget_minutes, plan_epochs=budget_minutes is not None, lr_scheduler=lr_scheduler, clock=clock
+    )
+    history = MetricLogger(loss_transform=_loss_value, evaluator=evaluator)
+    # MONAI's amp autocasts on CUDA only; there it adds the GradScaler float16 gradients need
+    amp = device.type == "cuda" and autocast_dtype == torch.float16
+    trainer = SupervisedTrainer(
+        device=device,
+        max_epochs=epochs,
+        train_data_loader=loader,
+        network=network,
+        optimizer=optimizer,
+        loss_function=loss_function,
+        prepare_batch=prepare_batch,
+        inferer=inferer,
+        train_handlers=[
+            LrScheduleHandler(lr_scheduler, epoch_level=False, print_lr=False),
+            ValidationHandler(validator=evaluator, interval=1, epoch_level=True),
+            budget,
+            history,
+        ],
+        amp=amp,
+        amp_kwargs={"dtype": torch.float16} if amp else None,
+        optim_set_to_none=True,
+        decollate=False,
+    )
+    # MONAI registers additional_metrics only next to a key metric, which a loss is not (higher is
+    # better there); the epoch log comes after the mean loss it prints
+    Average(output_transform=_loss_value).attach(trainer, "train_loss")
+    for handler in epoch_logs("train", log_every):
+        handler.attach(trainer)
+    return BaselineEngines(trainer, evaluator, budget, saver, history, lr_scheduler, inferer)
+
+
 def build_baseline_engines(
     network: torch.nn.Module,
     train: MedMNISTArrays,
@@ -202,60 +289,21 @@ def build_baseline_engines(
     log_every: int = 1,
     clock: Callable[[], float] = time.monotonic,
 ) -> BaselineEngines:
-    """Build the baseline's trainer (cross-entropy) and validation evaluator; ``trainer.run()`` trains.
+    """Build the classifier baseline's trainer (cross-entropy) and validation evaluator; ``trainer.run()`` trains.
 
-    ``max_epochs`` caps the epochs (None: only the budget bounds them). ``budget_minutes`` goes to
-    :class:`TrainingBudget` with ``plan_epochs``: the first epoch's time (validation included) sets
-    how many epochs fit, the plan and the end of the cosine schedule are revised after every epoch,
-    and training stops at the end of the budget (its ``reserve_fraction`` is kept for the test
-    evaluation). The key-metric saver writes the best validation AUC's state_dict to
-    ``save_dir/model.pt``. ``clock`` is the budget's clock (tests pass a fake one).
+    The wiring is :func:`assemble_baseline_engines`'s; the key-metric saver writes the best validation
+    AUC's state_dict to ``save_dir/model.pt``.
     """
     sampler = make_sampler(train.labels, balanced=balanced, seed=seed, distributed=False)
     loader = DataLoader(train.dataset(), batch_size=batch_size, sampler=sampler, num_workers=0, drop_last=False)
-    epochs = UNCAPPED_EPOCHS if max_epochs is None else int(max_epochs)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=weight_decay)
-    # no warm-up: AdamW from the peak lr, cosine to 0 at the end of the epochs planned (TrainingBudget moves the end)
-    lr_scheduler = WarmupCosineSchedule(optimizer, warmup_steps=0, t_total=epochs * len(loader))
-    inferer = AutocastInferer(autocast_dtype)
-
-    def every(engine: Any, epoch: int) -> bool:
-        return epoch == 1 or epoch % log_every == 0
-
-    saver = AtomicCheckpointSaver(
-        save_dir=str(save_dir), save_dict={"network": network}, save_key_metric=True, key_metric_filename=BEST_MODEL_FILE
+    saver = best_model_saver(save_dir, network)
+    evaluator = build_evaluator(
+        val, network, device, AutocastInferer(autocast_dtype), handlers=[*epoch_logs("validate", log_every), saver],
+        validation=True,
     )
-    evaluator = build_evaluator(val, network, device, inferer, handlers=[*_stats("validate", every), saver], validation=True)
-    budget = TrainingBudget(
-        max_minutes=budget_minutes, plan_epochs=budget_minutes is not None, lr_scheduler=lr_scheduler, clock=clock
-    )
-    history = MetricLogger(loss_transform=_loss_value, evaluator=evaluator)
     generator = torch.Generator(device=device).manual_seed(seed)
-    # MONAI's amp autocasts on CUDA only; there it adds the GradScaler float16 gradients need
-    amp = device.type == "cuda" and autocast_dtype == torch.float16
-    trainer = SupervisedTrainer(
-        device=device,
-        max_epochs=epochs,
-        train_data_loader=loader,
-        network=network,
-        optimizer=optimizer,
-        loss_function=torch.nn.CrossEntropyLoss(),
-        prepare_batch=ClassifierBatch(augment, generator),
-        inferer=inferer,
-        train_handlers=[
-            LrScheduleHandler(lr_scheduler, epoch_level=False, print_lr=False),
-            ValidationHandler(validator=evaluator, interval=1, epoch_level=True),
-            budget,
-            history,
-        ],
-        amp=amp,
-        amp_kwargs={"dtype": torch.float16} if amp else None,
-        optim_set_to_none=True,
-        decollate=False,
+    return assemble_baseline_engines(
+        network, loader, evaluator, saver, torch.nn.CrossEntropyLoss(), ClassifierBatch(augment, generator), device,
+        max_epochs=max_epochs, budget_minutes=budget_minutes, lr=lr, weight_decay=weight_decay,
+        autocast_dtype=autocast_dtype, log_every=log_every, clock=clock,
     )
-    # MONAI registers additional_metrics only next to a key metric, which a loss is not (higher is
-    # better there); the epoch log comes after the mean loss it prints
-    Average(output_transform=_loss_value).attach(trainer, "train_loss")
-    for handler in _stats("train", every):
-        handler.attach(trainer)
-    return BaselineEngines(trainer, evaluator, budget, saver, history, lr_scheduler, inferer)
