@@ -51,6 +51,16 @@ def evaluate(flag: str, ckpt: Path, dataset_dir: Path, output_dir: Path, setting
     return json.loads((output_dir / "metrics.json").read_text())
 
 
+def reused(output_dir: Path, ckpt: Path, setting: tuple[str, int, int], runs: int) -> dict[str, Any] | None:
+    """An earlier evaluation's metrics.json in ``output_dir`` if it scored ``ckpt`` with this setting, else None."""
+    path = output_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    same = (metrics.get("decision"), metrics.get("steps"), metrics.get("draws"), metrics.get("num_runs")) == (*setting, runs)
+    return metrics if same and Path(metrics.get("checkpoint", "")).resolve() == ckpt else None
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Score one checkpoint under each setting; print the table and optionally write the JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -62,13 +72,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--runs", type=int, default=1, help="inference runs per setting (the bundle's evaluation#runs)")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/decision_levers"), help="evaluation output folders")
     parser.add_argument("--output", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read a setting's metrics.json already in --work-dir when it was made from --ckpt with that setting")
     args = parser.parse_args(argv)
     if not args.ckpt.is_file():
         raise SystemExit(f"decision_levers: error: no checkpoint at {args.ckpt}")
     rows = []
     for setting in args.settings:
         name = "{}_{}steps_{}draws".format(*setting)
-        metrics = evaluate(args.flag, args.ckpt.resolve(), args.dataset_dir.resolve(), (args.work_dir / name).resolve(), setting, args.runs)
+        out = (args.work_dir / name).resolve()
+        metrics = reused(out, args.ckpt.resolve(), setting, args.runs) if args.reuse else None
+        if metrics is None:
+            metrics = evaluate(args.flag, args.ckpt.resolve(), args.dataset_dir.resolve(), out, setting, args.runs)
         summary = metrics["summary"]["medmnist"]
         rows.append({
             "decision": setting[0], "steps": setting[1], "draws": setting[2], "runs": metrics["num_runs"],
