@@ -247,3 +247,11 @@ def test_the_real_sample_reads_through_the_bundles_data_sections(monkeypatch: py
     # faces: background, skin, nose and hair are in every test split of faces
     present = set(np.unique(test.label_maps))
     assert {0, 1, 2, 13} <= present
+
+
+def test_the_bundle_metadata_verifies_against_the_schema_in_the_repo() -> None:
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(REPO / BUNDLE / "metadata.json"), filepath=str(REPO / "configs/metadata_schema.json"))
+    for name in ("train.json", "evaluate.json", "inference.json", "metadata.json", "logging.conf", "README.md"):
+        assert (REPO / BUNDLE / name).is_file(), f"{BUNDLE}/{name} missing"
