@@ -91,6 +91,9 @@ def test_training_writes_checkpoints_and_the_evaluation_after_it(trained: dict) 
         assert 0.0 <= m["miou_no_background"] <= 1.0 and 0.0 <= m["pixel_accuracy"] <= 1.0
         assert m["labelled_pixels"] == 4 * SIZE * SIZE and m["num_images"] == 4
     assert (run / "segmentation_per_class.csv").is_file() and (run / "segmentation_per_image.csv").is_file()
+    # 4 test images, one row each: image | truth | 1, 5, 25 steps | uncertainty, 2 px apart
+    montage = np.asarray(Image.open(run / "segmentation_montage.png"))
+    assert montage.shape == (4 * SIZE + 5 * 2, 6 * SIZE + 7 * 2, 3)
     assert not (run / "synthesis").exists()  # --synthesis#enabled false
 
 

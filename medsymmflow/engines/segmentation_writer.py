@@ -1,4 +1,4 @@
-"""Segmentation inference handler: label-map, colour-overlay and uncertainty PNGs for image files."""
+"""Segmentation picture handlers: label-map, colour-overlay and uncertainty PNGs for image files, and a montage of a split."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from medsymmflow.generation import write_png
 from medsymmflow.io import atomic_write, to_uint8_images
 from medsymmflow.synthesis import colour_label_maps
 
-__all__ = ["SEGMENTATION_INFERENCE_FILE", "SegmentationWriter"]
+__all__ = ["SEGMENTATION_INFERENCE_FILE", "SegmentationMontage", "SegmentationWriter"]
 
 logger = logging.getLogger(__name__)
 
@@ -145,3 +145,53 @@ class SegmentationWriter:
             if self.rows else "no segmentations were written"
         )
         raise ValueError(f"{len(self.failed)} of {total} image files could not be segmented: {shown}{more}; {where}")
+
+
+class SegmentationMontage:
+    """Writes one figure of the first ``rows`` images of a split: image | ground truth | each step count | uncertainty.
+
+    Reads a :class:`~medsymmflow.engines.SymmFlowSegmentationEvaluator`'s ``image``, ``label``, ``preds`` and
+    ``uncertainty_maps``; label maps in the codebook's colours (ignored pixels white), the uncertainty of the
+    first step count in grey (white = half the smallest code distance or more, as :class:`SegmentationWriter`).
+    Tiles are ``pad`` white pixels apart; the PNG is written when the epoch completes.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, codebook: ClassCodebook, rows: int = 8, ignore_index: int | None = 255, pad: int = 2
+    ) -> None:
+        self.path, self.codebook, self.rows, self.ignore_index, self.pad = Path(path), codebook, int(rows), ignore_index, int(pad)
+        self._tiles: list[list[np.ndarray]] = []
+
+    def attach(self, engine: Engine) -> None:
+        """Collect the first rows, write the figure at the end of the epoch."""
+        engine.add_event_handler(Events.STARTED, lambda e: self._tiles.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
+
+    def _collect(self, engine: Engine) -> None:
+        out = engine.state.output
+        if len(self._tiles) >= self.rows or "label" not in out:
+            return
+        images = to_uint8_images(torch.as_tensor(out["image"]).detach().cpu().float())
+        if images.shape[-1] == 1:
+            images = np.repeat(images, 3, axis=-1)
+        truth = colour_label_maps(torch.as_tensor(out["label"])[:, 0].cpu(), self.codebook, self.ignore_index)
+        preds = [colour_label_maps(torch.as_tensor(out["preds"][s]).cpu(), self.codebook, None) for s in out["steps"]]
+        first = torch.as_tensor(out["uncertainty_maps"][out["steps"][0]]).detach().cpu().float()
+        grey = (first / (self.codebook.min_distance / 2.0)).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
+        for i in range(min(images.shape[0], self.rows - len(self._tiles))):
+            self._tiles.append([images[i], truth[i], *(p[i] for p in preds), np.repeat(grey[i][..., None], 3, axis=-1)])
+
+    def _write(self, engine: Engine) -> None:
+        if not self._tiles:
+            return
+        h, w = self._tiles[0][0].shape[:2]
+        cols, rows, pad = len(self._tiles[0]), len(self._tiles), self.pad
+        grid = np.full((rows * h + (rows + 1) * pad, cols * w + (cols + 1) * pad, 3), 255, dtype=np.uint8)
+        for r, tiles in enumerate(self._tiles):
+            for c, tile in enumerate(tiles):
+                top, left = pad + r * (h + pad), pad + c * (w + pad)
+                grid[top : top + h, left : left + w] = tile
+        write_png(self.path, grid)
+        logger.info("segmentation montage (image | truth | %s steps | uncertainty) -> %s",
+                    " | ".join(map(str, engine.state.output.get("steps", []))), self.path)
