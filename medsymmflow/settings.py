@@ -41,10 +41,12 @@ from medsymmflow.codes import SCORES
 from medsymmflow.data.medmnist import MEDMNIST_SPLITS
 from medsymmflow.flow.solver import FIXED_STEP_METHODS, check_method
 from medsymmflow.inferers import INFERER_DECISIONS
+from medsymmflow.metrics.synthesis import LPIPS_NETS
 from medsymmflow.precision import resolve_autocast
 
 __all__ = [
     "RULES",
+    "SEGMENTATION_RULES",
     "RUN_ARGUMENTS",
     "BundleCommand",
     "BundleLogFormatter",
@@ -118,18 +120,79 @@ RULES: dict[str, Callable[[Any, str], Any]] = {
 }
 
 
-def check_settings(settings: Mapping[str, Any]) -> None:
-    """Check every setting of ``settings`` that :data:`RULES` knows; one ValueError listing all problems.
+def _step_counts(value: Any, name: str) -> Any:
+    counts = value if isinstance(value, (list, tuple)) else [value]
+    if not counts:
+        raise ValueError(f"{name} must list at least one step count, got {value!r}")
+    for c in counts:
+        positive_int(c, name)
+    if len(set(counts)) != len(counts):
+        raise ValueError(f"{name} lists a step count twice: {value!r}")
+    return value
+
+
+def _optional_file(value: Any, name: str) -> Any:
+    if value is not None and not Path(str(value)).expanduser().is_file():
+        raise ValueError(f"{name}: file not found: {value}")
+    return value
+
+
+def _dataset_folder(value: Any, name: str) -> Any:
+    if value is None or not str(value).strip():
+        raise ValueError(f"{name} is not set: pass --{name} FOLDER (the dataset's images/ and masks/ folders)")
+    return value
+
+
+def _fraction(value: Any, name: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return value
+
+
+# the segmentation bundles (bundles/celebamask_hq): step-count lists where the classification bundles take one
+# count, and the synthesis / inference settings
+SEGMENTATION_RULES: dict[str, Callable[[Any, str], Any]] = {
+    **{k: v for k, v in RULES.items() if not k.startswith("evaluation#")},
+    "dataset_dir": _dataset_folder,
+    "size": positive_int,
+    "beta": positive_float,
+    "segment": boolean,
+    "synthesise": boolean,
+    "evaluation#split": _choice(MEDMNIST_SPLITS),
+    "evaluation#steps": _step_counts,
+    "evaluation#method": _choice(tuple(FIXED_STEP_METHODS)),
+    "evaluation#autocast": _autocast,
+    "evaluation#batch_size": positive_int,
+    "synthesis#enabled": boolean,
+    "synthesis#steps": _step_counts,
+    "synthesis#samples_per_mask": positive_int,
+    "synthesis#batch_size": positive_int,
+    "synthesis#max_masks": lambda v, n: v if v is None else positive_int(v, n),
+    "synthesis#reference_split": lambda v, n: v if v is None else one_of(v, MEDMNIST_SPLITS, n),
+    "synthesis#inception": _optional_file,
+    "synthesis#baseline_ckpt": _optional_file,
+    "synthesis#lpips": _choice(("auto", "none", *LPIPS_NETS)),
+    "inference#steps": positive_int,
+    "inference#synthesis_steps": positive_int,
+    "inference#samples_per_mask": positive_int,
+    "inference#batch_size": positive_int,
+    "inference#overlay_alpha": _fraction,
+}
+
+
+def check_settings(settings: Mapping[str, Any], rules: Mapping[str, Callable[[Any, str], Any]] | None = None) -> None:
+    """Check every setting of ``settings`` that ``rules`` (default :data:`RULES`) knows; one ValueError listing all problems.
 
     ``settings`` maps top-level keys to values or to whole sections (``{"epochs": @epochs, "training":
     @training}`` in a config); a section's keys are checked as ``section#key``. Unknown keys are left to
-    the objects they configure.
+    the objects they configure. The segmentation bundles pass :data:`SEGMENTATION_RULES`.
     """
+    rules = RULES if rules is None else rules
     problems = []
     for key, value in settings.items():
         items = {f"{key}#{k}": v for k, v in value.items()} if isinstance(value, Mapping) else {key: value}
         for name, v in items.items():
-            rule = RULES.get(name)
+            rule = rules.get(name)
             if rule is None:
                 continue
             try:

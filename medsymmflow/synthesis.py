@@ -9,7 +9,8 @@ MS-SSIM diversity (and LPIPS when its weights are on disk) between the samples o
 mask consistency of every segmenter given (the baseline's, the network's own through
 :func:`network_segmenter`) on all samples. :func:`evaluate_synthesis_checkpoint` does this for a
 bundle checkpoint and writes ``synthesis_metrics.json``, the samples as PNGs and one montage per
-step count (rows: colour mask | samples).
+step count (rows: colour mask | samples). :func:`synthesise_label_map_files` synthesises from label-map
+files (the CelebAMask-HQ inference bundle), naming the files it could not read.
 """
 
 from __future__ import annotations
@@ -54,12 +55,17 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SYNTHESIS_STEPS",
+    "SYNTHESIS_INFERENCE_FILE",
     "SYNTHESIS_METRICS_FILE",
     "colour_label_maps",
     "evaluate_synthesis",
     "evaluate_synthesis_checkpoint",
+    "evaluate_synthesis_split",
     "network_segmenter",
+    "raise_for_synthesis_failures",
     "synthesise",
+    "synthesise_label_map_files",
+    "torchscript_segmenter",
 ]
 
 DEFAULT_SYNTHESIS_STEPS = (25, 1)
@@ -354,3 +360,129 @@ def evaluate_synthesis_checkpoint(
     }
     path = atomic_write(out_dir / SYNTHESIS_METRICS_FILE, json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     return report, path
+
+
+SYNTHESIS_INFERENCE_FILE = "syntheses.json"
+
+
+def synthesise_label_map_files(
+    ckpt: str | os.PathLike,
+    items: Sequence[Mapping[str, Any]],
+    output_dir: str | os.PathLike,
+    samples_per_mask: int = 1,
+    steps: int = 25,
+    method: str = "euler",
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str | torch.device = "cpu",
+    beta: float | None = None,
+    ignore_index: int | None = 255,
+    skipped: Sequence[str] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Images synthesised from label-map files with a bundle checkpoint; failures named, not fatal for the others.
+
+    ``items``: the label maps as a dataset gives them (e.g. :class:`~medsymmflow.data.ImageFileDataset` with
+    ``LoadLabelMapd`` and a resize / crop to the checkpoint's size): ``{"label": (1, H, W), "file": path}``, or
+    ``{"failed": {"file", "error"}}`` for a file that could not be read. Writes ``<stem>_<j>.png`` (sample ``j``)
+    and ``<stem>_mask.png`` (the map in the codebook's colours) into ``output_dir`` and lists them, the failures
+    and ``skipped`` (non-image files of the input folders) in ``syntheses.json`` and returns that report;
+    :func:`raise_for_synthesis_failures` then ends a run with one error naming the failed files, if any.
+    ``beta=None`` takes the checkpoint's.
+    """
+    from medsymmflow.checks import available_device
+
+    available_device(device, "device")
+    gen = load_generator(ckpt, device=device)
+    beta = float(gen.run_info.get("beta", 0.0)) if beta is None else float(beta)
+    failed, maps, names = [], [], []
+    for item in items:
+        if "failed" in item:
+            failed.append(dict(item["failed"]))
+            continue
+        label = torch.as_tensor(item["label"])
+        if label.ndim != 3 or label.shape[0] != 1 or tuple(label.shape[1:]) != (gen.size, gen.size):
+            failed.append({"file": str(item.get("file")), "error": f"label map of shape {tuple(label.shape)}, the checkpoint makes {gen.size} px"})
+            continue
+        maps.append(label[0].round().long())
+        names.append(str(item.get("file", len(names))))
+    out = Path(output_dir)
+    rows = []
+    if maps:
+        stacked = torch.stack(maps)
+        samples = synthesise(gen.network, gen.codebook, gen.image_channels, stacked, samples_per_mask, steps=steps,
+                             method=method, seed=seed, batch_size=batch_size, beta=beta, ignore_index=ignore_index,
+                             codec=gen.codec, progress=progress)
+        colours = colour_label_maps(stacked, gen.codebook, ignore_index)
+        used: set[str] = set()
+        for i, name in enumerate(names):
+            stem, k = Path(name).stem, 1
+            while stem in used:  # a/x.png and b/x.png must not overwrite each other's samples
+                stem, k = f"{Path(name).stem}_{k}", k + 1
+            used.add(stem)
+            files = [str(write_png(out / f"{stem}_{j}.png", samples[i, j])) for j in range(samples.shape[1])]
+            rows.append({"file": name, "mask": str(write_png(out / f"{stem}_mask.png", colours[i])), "samples": files})
+    report = {
+        "checkpoint": str(Path(ckpt).resolve()), "steps": int(steps), "method": method, "seed": int(seed), "beta": beta,
+        "samples_per_mask": int(samples_per_mask), "syntheses": rows, "failed": failed, "skipped": [str(s) for s in skipped],
+    }
+    if not rows and not failed:
+        raise ValueError("no label maps were given to synthesise from")
+    atomic_write(out / SYNTHESIS_INFERENCE_FILE, json.dumps(json_safe(report), indent=2) + "\n")
+    return report
+
+
+def raise_for_synthesis_failures(report: Mapping[str, Any] | None) -> None:
+    """Raise one ValueError naming the label-map files :func:`synthesise_label_map_files` could not use (no-op without failures)."""
+    if not report or not report.get("failed"):
+        return
+    failed, rows = report["failed"], report.get("syntheses", [])
+    shown = "; ".join(f"{f['file']} ({f['error']})" for f in failed[:3])
+    more = f"; and {len(failed) - 3} more" if len(failed) > 3 else ""
+    where = f"the other {len(rows)} are listed in {SYNTHESIS_INFERENCE_FILE}" if rows else "no images were written"
+    raise ValueError(f"{len(failed)} of {len(failed) + len(rows)} label-map files could not be synthesised from: {shown}{more}; {where}")
+
+
+def evaluate_synthesis_split(
+    ckpt: str | os.PathLike,
+    data: Sequence[Mapping[str, Any]],
+    transform: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+    reference_data: Sequence[Mapping[str, Any]] | None = None,
+    max_masks: int | None = None,
+    **kwargs: Any,
+) -> tuple[dict[str, Any], Path]:
+    """:func:`evaluate_synthesis_checkpoint` on a split's pairs (``data``, e.g. ``celebamask_hq_dicts``) through ``transform``.
+
+    The label maps and real images are :func:`~medsymmflow.data.segmentation_arrays` of the first ``max_masks``
+    pairs (None: all) through the evaluation ``transform``, so they are what the segmentation evaluation sees;
+    ``reference_data`` (e.g. the train split, every pair) gives the real-vs-real row.
+    """
+    from medsymmflow.data import segmentation_arrays
+
+    chosen = list(data)[: None if max_masks is None else int(max_masks)]
+    arrays = segmentation_arrays(chosen, transform)
+    reference = segmentation_arrays(list(reference_data), transform).images if reference_data else None
+    return evaluate_synthesis_checkpoint(
+        ckpt, arrays.label_maps, arrays.images, reference_images=reference, ids=arrays.ids, **kwargs
+    )
+
+
+def torchscript_segmenter(path: str | os.PathLike, device: str | torch.device = "cpu") -> Segmenter:
+    """A TorchScript segmenter file (e.g. the benchmark's baseline UNet, ``torch.jit.save``) as a mask-consistency segmenter.
+
+    It takes float images ``(B, C, H, W)`` in [-1, 1] and returns class scores ``(B, K, H, W)`` or label maps
+    ``(B, H, W)``. A missing or unreadable file raises a ValueError naming it.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"segmenter file not found: {file}")
+    try:
+        model = torch.jit.load(str(file), map_location=device).eval()
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"{file} is not a TorchScript segmenter ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+    def segment(images: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return model(images.to(device)).cpu()
+
+    return segment

@@ -42,7 +42,7 @@ def test_medmnist_bundles_differ_only_in_their_per_dataset_values(name: str) -> 
         assert not keys, f"bundles/{bundle}/{name} differs from bundles/{MEDMNIST_BUNDLES[0]}/{name} in {keys}"
 
 
-@pytest.mark.parametrize("bundle", [*MEDMNIST_BUNDLES, "latent"])
+@pytest.mark.parametrize("bundle", [*MEDMNIST_BUNDLES, "latent", "celebamask_hq"])
 def test_a_bundles_workflows_agree_on_the_settings_they_share(bundle: str) -> None:
     train = read(bundle, "train.json")
     for name in ("evaluate.json", "inference.json"):
@@ -60,3 +60,45 @@ def test_the_latent_bundle_trains_and_evaluates_with_the_shared_settings() -> No
     assert latent["training"] == medmnist["training"]
     keys = differing_keys(latent["evaluation"], medmnist["evaluation"], LATENT_OWN_EVALUATION)
     assert not keys, f"bundles/latent/train.json evaluation differs in {keys}"
+
+
+def read_config(name: str) -> dict[str, Any]:
+    """The JSON of ``configs/<name>`` as written."""
+    return json.loads((REPO / "configs" / name).read_text())
+
+
+# the pieces of the segmentation training workflow that are the classification workflow's, key for key
+SHARED_TRAIN_PIECES = (
+    "optimizer", "lr_scheduler", "ema", "loss", "path", "time_sampler", "save_dict", "handlers", "network",
+    "main_process_handlers", "stop_on_signal", "checkpoint_saver", "resume_from", "checkpoint_loader",
+    "checkpoint_handlers",
+)
+
+
+def test_the_segmentation_workflow_shares_the_classification_workflows_training_pieces() -> None:
+    seg, cls = read_config("segmentation_train.json"), read_config("train.json")
+    keys = [k for k in SHARED_TRAIN_PIECES if seg["train"][k] != cls["train"][k]]
+    assert not keys, f"configs/segmentation_train.json train#{keys} differ from configs/train.json's"
+    # the same handlers, except that the epoch seed also re-seeds the random crops and flips
+    seg_handlers, cls_handlers = seg["train"]["base_handlers"], cls["train"]["base_handlers"]
+    assert seg_handlers[1:] == cls_handlers[1:]
+    assert {k: v for k, v in seg_handlers[0].items() if k != "transforms"} == cls_handlers[0]
+    assert seg["validate"]["checkpoint_saver"]["key_metric_name"] == "val_miou_no_background_1steps"
+    # both workflows end initialize with train#prepare, which configs/multi_gpu_train.json runs after the process group
+    for config in (seg, cls):
+        assert config["initialize"][-1] == "@train#prepare"
+    assert read_config("multi_gpu_train.json")["initialize"][-1] == "@train#prepare"
+
+
+def test_the_celebamask_bundle_and_its_cpu_recipe_use_the_shared_settings() -> None:
+    train, medmnist = read("celebamask_hq", "train.json"), read(MEDMNIST_BUNDLES[0], "train.json")
+    # its training settings are the classification bundles', minus class balancing and validation runs, plus its own defaults
+    own = {"x_weight", "val_interval", "augment", "val_runs"}
+    keys = differing_keys(train["training"], medmnist["training"], own)
+    assert not keys, f"bundles/celebamask_hq/train.json training differs from the MedMNIST bundles' in {keys}"
+    assert train["training"]["x_weight"] == 0.7  # the authors' weighting of the image half
+    for key in read_config("celebamask_cpu.json"):  # the recipe only sets keys the bundle has
+        if key.startswith("_"):
+            continue
+        section, _, sub = key.partition("#")
+        assert section in train and (not sub or sub in train[section]), f"configs/celebamask_cpu.json sets {key}, not a bundle key"

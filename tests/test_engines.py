@@ -105,6 +105,26 @@ def test_epoch_seed_handler_makes_each_epoch_depend_only_on_seed_and_epoch() -> 
     assert full[:2] != full[2:4]
 
 
+def test_epoch_seed_handler_reseeds_the_data_transforms() -> None:
+    from monai.transforms import Compose, RandSpatialCropd
+
+    crop = Compose([RandSpatialCropd("image", roi_size=(2, 2), random_size=False)])
+    image = torch.arange(64.0).reshape(1, 8, 8)
+
+    def crops(start_epoch: int) -> list[float]:
+        seen: list[float] = []
+        engine = Engine(lambda e, b: seen.append(float(crop({"image": image})["image"][0, 0, 0])))
+        EpochSeedHandler(seed=7, transforms=crop).attach(engine)
+        if start_epoch:
+            engine.load_state_dict({"iteration": start_epoch * 3, "epoch_length": 3, "max_epochs": 3})
+        engine.run(range(3), max_epochs=3)
+        return seen
+
+    full = crops(0)
+    assert crops(2) == full[-3:]  # MONAI's own RandomState follows the epoch seed too
+    assert full[:3] != full[3:6]
+
+
 def test_atomic_checkpoint_saver_and_loader_errors(tmp_path: Path) -> None:
     net = torch.nn.Linear(2, 2)
     engine = Engine(lambda e, b: None)

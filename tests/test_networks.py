@@ -268,10 +268,20 @@ def test_cpu_and_tiny_presets_sizes() -> None:
     assert 0.5e6 <= count_parameters(fast) <= 2e6
 
 
+def test_paper_segmentation_preset_is_the_paper_unet_with_coarse_attention() -> None:
+    seg, paper = build_network("paper_segmentation", 3, 19), build_network("paper", 3, 19)
+    assert tuple(seg.unet.block_out_channels) == tuple(paper.unet.block_out_channels) == (64, 128, 128, 128)
+    assert tuple(seg.unet.attention_levels) == (False, False, True, True)  # 16 and 8 px of a 64 px image
+    assert seg.size_multiple == 8
+    with torch.no_grad():
+        v_x, v_y = seg(torch.zeros(1, 3, 64, 64), torch.zeros(1, 19, 64, 64), torch.full((1,), 0.5))
+    assert v_x.shape == (1, 3, 64, 64) and v_y.shape == (1, 19, 64, 64)
+
+
 def test_build_network_overrides_and_errors() -> None:
     model = build_network("tiny", 1, 1, channels=(4, 8, 8), num_head_channels=4)
     assert tuple(model.unet.block_out_channels) == (4, 8, 8)
-    with pytest.raises(ValueError, match="unknown network preset 'huge'.*cpu, cpu_patch, paper, paper_latent, tiny"):
+    with pytest.raises(ValueError, match="unknown network preset 'huge'.*cpu, cpu_patch, paper, paper_latent, paper_segmentation, tiny"):
         build_network("huge", 1, 1)
     with pytest.raises(TypeError, match="unknown SymmFlowUNet argument"):
         build_network("tiny", 1, 1, width=3)

@@ -1,10 +1,12 @@
 """Datasets and samplers: MedMNIST 2-D (through the medmnist package), synthetic MedMNIST files, samplers,
-and segmentation folders (CelebAMask-HQ, COCO-Stuff: image / label-map pairs for MONAI datasets).
+and segmentation folders (CelebAMask-HQ, COCO-Stuff: image / label-map pairs for MONAI datasets, and a split
+as stacked arrays for the synthesis metrics).
 
 Importing this package does not import medmnist (it creates ~/.medmnist on import); it is imported
 when a flag is first looked up.
 """
 
+from medsymmflow.data.arrays import SegmentationArrays, segmentation_arrays
 from medsymmflow.data.augment import BatchAugment, batch_augment
 from medsymmflow.data.celebamask import (
     CELEBAMASK_HQ_CLASSES,
@@ -90,6 +92,7 @@ __all__ = [
     "MEDMNIST_SPLITS",
     "MedMNISTArrays",
     "MedMNISTDataset",
+    "SegmentationArrays",
     "batch_augment",
     "canonical_flag",
     "celebamask_hq_dicts",
@@ -118,6 +121,7 @@ __all__ = [
     "read_medmnist_npz",
     "read_splits_file",
     "remap_label_values",
+    "segmentation_arrays",
     "select_split",
     "split_ids",
     "supported_flags",

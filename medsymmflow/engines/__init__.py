@@ -14,6 +14,7 @@ from medsymmflow.engines.report import ClassificationReport, InferenceReport
 from medsymmflow.engines.resume import StopOnSignal, resume_checkpoint
 from medsymmflow.engines.segmentation import SymmFlowSegmentationEvaluator
 from medsymmflow.engines.segmentation_report import SegmentationReport
+from medsymmflow.engines.segmentation_writer import SEGMENTATION_INFERENCE_FILE, SegmentationMontage, SegmentationWriter
 from medsymmflow.engines.trainer import SymmFlowTrainer
 
 __all__ = [
@@ -25,7 +26,10 @@ __all__ = [
     "EpochSeedHandler",
     "InferenceReport",
     "SafeCheckpointLoader",
+    "SEGMENTATION_INFERENCE_FILE",
+    "SegmentationMontage",
     "SegmentationReport",
+    "SegmentationWriter",
     "StopOnSignal",
     "SymmFlowEvaluator",
     "SymmFlowSegmentationEvaluator",

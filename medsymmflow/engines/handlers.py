@@ -35,11 +35,14 @@ class EpochSeedHandler:
     """Re-seeds python, numpy and torch at every epoch start from ``(seed, epoch)``.
 
     Shuffling, time sampling, noise and dequantization of epoch ``e`` then depend only on the seed and
-    ``e``, so a run resumed from a checkpoint continues exactly like an uninterrupted one.
+    ``e``, so a run resumed from a checkpoint continues exactly like an uninterrupted one. ``transforms``
+    (e.g. a data pipeline's ``Compose`` with random crops and flips) is re-seeded with the same seed.
     """
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, transforms: Any = None) -> None:
         self.seed = int(seed)
+        # MONAI's random transforms draw from their own RandomState, not from numpy's global one
+        self.transforms = transforms
 
     def attach(self, engine: Engine) -> None:
         """Register the re-seeding on ``EPOCH_STARTED``."""
@@ -47,7 +50,10 @@ class EpochSeedHandler:
 
     def __call__(self, engine: Engine) -> None:
         """Seed every RNG for the epoch that is starting."""
-        set_determinism(seed=(self.seed * 100003 + int(engine.state.epoch)) % (2**31))
+        seed = (self.seed * 100003 + int(engine.state.epoch)) % (2**31)
+        set_determinism(seed=seed)
+        if self.transforms is not None:
+            self.transforms.set_random_state(seed=seed)
 
 
 class AtomicDiskSaver(DiskSaver):

@@ -30,8 +30,11 @@ class SymmFlowSegmentationEvaluator(Evaluator):
     ``valid`` (B, 1, *spatial) when the batch has ``valid_key`` (1 = labelled pixel); ``steps`` (the step
     counts); ``preds`` / ``uncertainty_maps``: step count -> (B, *spatial) predicted classes / distance of each
     pixel's code to its nearest class code; ``pred`` / ``uncertainty_map``: those of the first step count;
-    ``id`` (a list) when the batch has one. :class:`~medsymmflow.engines.SegmentationReport` turns them into
-    the split's metrics.
+    ``id`` (a list) when the batch has one; ``filename`` (a list) when it has ``file`` (inference on image files);
+    ``failed`` when the batch carries failure records of unreadable files
+    (:class:`~medsymmflow.data.ImageFileDataset`), and a batch of failures only gives ``{"failed": [...]}``.
+    :class:`~medsymmflow.engines.SegmentationReport` turns them into the split's metrics,
+    :class:`~medsymmflow.engines.SegmentationWriter` into PNG files.
     """
 
     def __init__(
@@ -75,6 +78,11 @@ class SymmFlowSegmentationEvaluator(Evaluator):
     def _iteration(self, engine: "SymmFlowSegmentationEvaluator", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
+        # files of an ImageFileDataset that could not be read arrive as failure records, possibly a whole batch of them
+        failed = list(batchdata.get("failed", [])) if isinstance(batchdata, dict) else []
+        if isinstance(batchdata, dict) and Keys.IMAGE not in batchdata:
+            engine.state.output = {"failed": failed}
+            return engine.state.output
         image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
         image = torch.as_tensor(image).float()
         noise = torch.randn(engine.inferer.noise_shape(image), generator=engine.generator, device=image.device)
@@ -108,6 +116,11 @@ class SymmFlowSegmentationEvaluator(Evaluator):
         if isinstance(batchdata, dict) and "id" in batchdata:
             ids = batchdata["id"]
             out["id"] = [str(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
+        if isinstance(batchdata, dict) and "file" in batchdata:
+            names = batchdata["file"]
+            out["filename"] = [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
+        if failed:
+            out["failed"] = failed
         engine.state.output = out
         engine.fire_event(IterationEvents.MODEL_COMPLETED)
         return out

@@ -28,7 +28,7 @@ class SegmentationReport:
 
     Reads the evaluator's ``preds`` / ``uncertainty_maps`` (step count -> maps), ``label``, ``valid`` and ``id``
     (see :class:`~medsymmflow.engines.SymmFlowSegmentationEvaluator`); unlabelled pixels (``ignore_index`` in
-    the label map, or ``valid == 0``) are left out. At completion it writes the files of
+    the label map, or ``valid == 0``) are left out. When the epoch completes it writes the files of
     :mod:`medsymmflow.reports.segmentation` into ``output_dir`` (a file name ``None`` skips that file) and sets
     ``engine.state.metrics[f"{prefix}miou_{s}steps"]``, ``..._miou_no_background_{s}steps`` and
     ``..._pixel_accuracy_{s}steps`` for every step count ``s`` (e.g. for a checkpoint saver on validation mIoU).
@@ -64,10 +64,12 @@ class SegmentationReport:
         self.results: dict[str, Any] = {}
 
     def attach(self, engine: Engine) -> None:
-        """Collect at every iteration, write at completion."""
+        """Collect at every iteration, write when the epoch completes."""
         engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
+        # at the end of the (single) epoch, not at COMPLETED: a checkpoint saver, StatsHandler and TensorBoard
+        # read state.metrics on EPOCH_COMPLETED, after the handlers attached before them
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
     def _reset(self, engine: Engine) -> None:
         self._metrics, self._ids = {}, []

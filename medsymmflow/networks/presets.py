@@ -1,11 +1,13 @@
-"""Named SymmFlowUNet configurations: the paper's (pixel and latent), two CPU-sized ones and a test-sized one.
+"""Named SymmFlowUNet configurations: the paper's (pixel, pixel segmentation and latent), two CPU-sized ones and a test-sized one.
 
 ``"paper"`` follows MedSymmFlow's appendix (Table 4, low-resolution models): base width 64 with
 multipliers 1,2,2,2, two residual blocks per level, 64 channels per attention head, attention at
 resolution 2 (the level after the first downsampling), dropout 0. The table's "4 heads" is
 overridden by the 64 head channels, as in the guided-diffusion UNet the authors use: a width-128
 level gets 128 / 64 = 2 heads. MONAI's middle block always adds self-attention as well.
-``"paper_latent"`` is the latent model of Table 5 (base width 128, otherwise the same), run on the
+``"paper_segmentation"`` is the same UNet for dense labels at 64 px and up (the CelebAMask-HQ bundle):
+attention at the two coarsest levels, where a 64 px input is 16 and 8 px, so its cost stays that of the
+low-resolution model's. ``"paper_latent"`` is the latent model of Table 5 (base width 128, otherwise the same), run on the
 4 x 28 x 28 latents of a 224 px image. ``"cpu"`` is a 1.1M-parameter UNet at full resolution;
 ``"cpu_patch"`` (the CPU recipe's, ``configs/cpu.json``) the same widths with ``patch_size=2``: each 2 x 2
 patch is folded into channels before the UNet and back after it, so the UNet runs at half the
@@ -38,6 +40,19 @@ NET_PRESETS: dict[str, dict[str, Any]] = {
         "channels": (128, 256, 256, 256),
         "num_res_blocks": 2,
         "attention_levels": (False, True, False, False),
+        "num_head_channels": 64,
+        "norm_num_groups": 32,
+        "dropout": 0.0,
+    },
+    # the pixel-space segmentation / synthesis network (bundles/celebamask_hq at 64 px and up): SymmFlow's
+    # pixel models are the Guided Diffusion UNet, whose widths and blocks the "paper" preset takes from
+    # MedSymmFlow Table 4; the SymmFlow paper's own dense-label models are latent (Stable Diffusion 2.1's
+    # UNet) and its text gives no pixel-space configuration, so this preset is that UNet with attention
+    # moved to the two coarsest levels (16 and 8 px of a 64 px input) instead of the 32 px one
+    "paper_segmentation": {
+        "channels": (64, 128, 128, 128),
+        "num_res_blocks": 2,
+        "attention_levels": (False, False, True, True),
         "num_head_channels": 64,
         "norm_num_groups": 32,
         "dropout": 0.0,
