@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ignite.engine import Engine, Events
+from ignite.engine import Engine
 
+from medsymmflow.engines.report import EvaluationReport
 from medsymmflow.metrics.segmentation import SegmentationMetrics
 from medsymmflow.reports.segmentation import (
     SEGMENTATION_METRICS_FILE,
@@ -23,7 +24,7 @@ __all__ = ["SegmentationReport"]
 logger = logging.getLogger(__name__)
 
 
-class SegmentationReport:
+class SegmentationReport(EvaluationReport):
     """Accumulates one confusion matrix per step count over the whole split and writes the segmentation report.
 
     Reads the evaluator's ``preds`` / ``uncertainty_maps`` (step count -> maps), ``label``, ``valid`` and ``id``
@@ -62,12 +63,6 @@ class SegmentationReport:
         self._metrics: dict[int, SegmentationMetrics] = {}
         self._ids: list[str] = []
         self.results: dict[str, Any] = {}
-
-    def attach(self, engine: Engine) -> None:
-        """Collect at every iteration, write at completion."""
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _reset(self, engine: Engine) -> None:
         self._metrics, self._ids = {}, []
