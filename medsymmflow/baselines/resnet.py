@@ -18,7 +18,6 @@ which writes the predictions tables of :mod:`medsymmflow.reports.predictions`.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -32,6 +31,8 @@ from torch import nn
 from medsymmflow.baselines.engines import BEST_MODEL_FILE, BaselineEngines, build_baseline_engines, build_evaluator
 from medsymmflow.baselines.runs import (
     check_training_args,
+    engine_description,
+    finish_result,
     run_folder,
     seeded_run,
     train_to_best,
@@ -41,7 +42,6 @@ from medsymmflow.baselines.runs import (
 from medsymmflow.data.augment import BatchAugment
 from medsymmflow.data.medmnist import MedMNISTArrays, load_medmnist
 from medsymmflow.engines import ClassificationReport
-from medsymmflow.io import atomic_write, json_safe
 from medsymmflow.precision import autocast_context, resolve_autocast
 from medsymmflow.reports.predictions import PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 
@@ -91,22 +91,6 @@ def predict_probabilities(
     return torch.cat(parts)
 
 
-def _check_args(
-    budget_minutes: float | None,
-    max_epochs: int | None,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    log_every: int,
-    threads: int | None,
-    augment: Any,
-) -> None:
-    """Raise a ValueError/TypeError naming the first bad training argument."""
-    check_training_args(budget_minutes, max_epochs, batch_size, lr, weight_decay, log_every, threads)
-    if not (isinstance(augment, bool) or augment is None or callable(augment)):
-        raise TypeError(f"augment must be a bool, None or a callable (images, generator) -> images, got {augment!r}")
-
-
 def train_resnet_baseline(
     flag: str,
     dataset_dir: str | os.PathLike | None,
@@ -146,7 +130,9 @@ def train_resnet_baseline(
     means the run completed). Returns the metrics.json content.
     """
     start = time.perf_counter()
-    _check_args(budget_minutes, max_epochs, batch_size, lr, weight_decay, log_every, threads, augment)
+    check_training_args(budget_minutes, max_epochs, batch_size, lr, weight_decay, log_every, threads)
+    if not (isinstance(augment, bool) or augment is None or callable(augment)):
+        raise TypeError(f"augment must be a bool, None or a callable (images, generator) -> images, got {augment!r}")
     autocast_dtype = resolve_autocast(autocast, device)
     with seeded_run(seed, threads):
         return _run(
@@ -256,10 +242,7 @@ def _run(
             "batch_size": batch_size,
             "lr": lr,
             "weight_decay": weight_decay,
-            "optimizer": "AdamW",
-            "schedule": "cosine from the peak lr to 0 at the end of the planned epochs (MONAI WarmupCosineSchedule, no warm-up)",
-            "engines": "monai.engines.SupervisedTrainer, medsymmflow.engines.TrainingBudget (plan_epochs), "
-            "medsymmflow.engines.AtomicCheckpointSaver (best val_auc)",
+            **engine_description("val_auc"),
             "augment": repr(augmenter) if augmenter is not None else None,
             "balanced": balanced,
             "seed": seed,
@@ -276,12 +259,7 @@ def _run(
         "val": val_report,
         "test": test_report,
     }
-    if output_dir is not None:
-        result["output_dir"] = str(output_dir)
-    result["training"]["total_seconds"] = time.perf_counter() - start
-    result = json_safe(result)
-    if output_dir is not None:
-        atomic_write(output_dir / "metrics.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+    result = finish_result(result, start, output_dir)
     logger.info(
         "best epoch %s: test %s, %.1f min in total",
         result["training"]["best_epoch"],

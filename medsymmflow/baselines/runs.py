@@ -9,9 +9,11 @@ validation metrics; these steps, and so their budget and checkpoint policy, are 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -22,9 +24,12 @@ from torch import nn
 
 from medsymmflow.baselines.engines import BEST_MODEL_FILE, BaselineEngines
 from medsymmflow.checks import nonnegative_float, positive_float, positive_int
+from medsymmflow.io import atomic_write, json_safe
 
 __all__ = [
     "check_training_args",
+    "engine_description",
+    "finish_result",
     "run_folder",
     "seeded_run",
     "train_to_best",
@@ -126,3 +131,28 @@ def validation_history(engines: BaselineEngines, metrics: Sequence[str], key_met
         row.update({name: float(values[i][1]) for name, values in series.items()})
         rows.append(row)
     return rows
+
+
+def engine_description(key_metric: str) -> dict[str, str]:
+    """The ``optimizer``, ``schedule`` and ``engines`` entries of a run's config, the saver keeping the best ``key_metric``."""
+    return {
+        "optimizer": "AdamW",
+        "schedule": "cosine from the peak lr to 0 at the end of the planned epochs (MONAI WarmupCosineSchedule, no warm-up)",
+        "engines": "monai.engines.SupervisedTrainer, medsymmflow.engines.TrainingBudget (plan_epochs), "
+        f"medsymmflow.engines.AtomicCheckpointSaver (best {key_metric})",
+    }
+
+
+def finish_result(result: dict[str, Any], start: float, output_dir: str | os.PathLike | None) -> dict[str, Any]:
+    """``result`` with ``output_dir`` and ``training.total_seconds`` (since the ``perf_counter`` ``start``), JSON-safe.
+
+    With an ``output_dir`` it is written there as ``metrics.json``, the run's last file, so its presence
+    means the run completed.
+    """
+    if output_dir is not None:
+        result["output_dir"] = str(output_dir)
+    result["training"]["total_seconds"] = time.perf_counter() - start
+    result = json_safe(result)
+    if output_dir is not None:
+        atomic_write(Path(output_dir) / "metrics.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+    return result

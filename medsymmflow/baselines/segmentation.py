@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import os
@@ -54,6 +53,8 @@ from medsymmflow.baselines.engines import (
 )
 from medsymmflow.baselines.runs import (
     check_training_args,
+    engine_description,
+    finish_result,
     run_folder,
     seeded_run,
     train_to_best,
@@ -65,7 +66,7 @@ from medsymmflow.data.celebamask import CELEBAMASK_HQ_CLASSES, celebamask_hq_dic
 from medsymmflow.data.folders import DEFAULT_FRACTIONS as FOLDER_FRACTIONS
 from medsymmflow.data.folders import SPLIT_NAMES
 from medsymmflow.engines import SegmentationReport
-from medsymmflow.io import atomic_write, json_safe, load_checkpoint
+from medsymmflow.io import load_checkpoint
 from medsymmflow.metrics.segmentation import iou_from_confusion, mean_iou, pixel_accuracy
 from medsymmflow.metrics.synthesis import Segmenter
 from medsymmflow.precision import autocast_context, resolve_autocast
@@ -493,12 +494,7 @@ def train_segmentation_baseline(
             )
             result = _result(engines, model, report, config, {"train": len(train), "val": len(val), "test": len(test)})
             result["training"].update(load_seconds=load_seconds, train_seconds=train_seconds)
-            if output_dir is not None:
-                result["output_dir"] = str(output_dir)
-            result["training"]["total_seconds"] = time.perf_counter() - start
-            result = json_safe(result)
-            if output_dir is not None:
-                atomic_write(folder / "metrics.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+            result = finish_result(result, start, output_dir)
     logger.info(
         "best epoch %s: test mIoU %.4f (no background %.4f), pixel accuracy %.4f, %.1f min in total",
         result["training"]["best_epoch"], result["test"]["miou"], result["test"]["miou_no_background"],
@@ -525,10 +521,7 @@ def _result(
         "loss": "medsymmflow.baselines.segmentation.MaskedDiceCELoss (monai DiceCELoss, softmax, one-hot, batch Dice, 255 masked)",
         "config": {
             **config,
-            "optimizer": "AdamW",
-            "schedule": "cosine from the peak lr to 0 at the end of the planned epochs (MONAI WarmupCosineSchedule, no warm-up)",
-            "engines": "monai.engines.SupervisedTrainer, medsymmflow.engines.TrainingBudget (plan_epochs), "
-            f"medsymmflow.engines.AtomicCheckpointSaver (best val_{config['key_metric']})",
+            **engine_description(f"val_{config['key_metric']}"),
             "augment": "RandFlipSwapd (horizontal flip swapping left/right classes, p=0.5)",
         },
         "splits": counts,
