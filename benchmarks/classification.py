@@ -16,10 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from baseline_resnet import command_line, machine_info  # noqa: E402
+from side_by_side import last_override, run_jobs  # noqa: E402
 
 from medsymmflow.io import atomic_write
 from medsymmflow.precision import AUTOCAST_CHOICES
@@ -56,7 +54,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     recipe = json.loads((REPO / "configs" / "cpu.json").read_text())
     if args.autocast is None:  # both models get the recipe's precision, so the comparison stays fair
         args.autocast = str(recipe.get("evaluation#autocast") or "none")
-    args.batch_size = _batch_size(recipe, args.override)
+    args.batch_size = int(last_override(args.override, "--batch_size", recipe["batch_size"]))
     if args.resnet_batch_size is None:  # same number of updates per epoch on both sides
         args.resnet_batch_size = args.batch_size
     return args
@@ -87,35 +85,6 @@ def _resnet_command(args: argparse.Namespace, out: Path) -> list[str]:
     ]
 
 
-def _batch_size(recipe: dict[str, Any], overrides: Sequence[str]) -> int:
-    """medsymmflow's batch size in this run: the last ``--batch_size`` override, else the recipe's."""
-    size = int(recipe["batch_size"])
-    for override in overrides:
-        key, _, value = override.partition("=")
-        if key == "--batch_size":
-            size = int(value)
-    return size
-
-
-def _launch(cmd: list[str], log: Path, threads: int) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
-def _wait_all(procs: list[tuple[str, subprocess.Popen, Path]], start: float) -> dict[str, float]:
-    """Wall-clock seconds from ``start`` until each process exits; raises if one fails."""
-    finished: dict[str, float] = {}
-    while len(finished) < len(procs):
-        for name, proc, log in procs:
-            if name not in finished and proc.poll() is not None:
-                if proc.returncode != 0:
-                    raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {log}")
-                finished[name] = time.monotonic() - start
-        time.sleep(1.0)
-    return finished
-
-
 def _throughput(
     channels: int, num_classes: int, code_kind: str, preset: str, steps: int, draws: int, autocast: str
 ) -> dict[str, Any]:
@@ -137,15 +106,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ("medsymmflow", _bundle_command(args, flow_out), out / "medsymmflow.log"),
         ("resnet18", _resnet_command(args, resnet_out), out / "resnet18.log"),
     ]
-    wall: dict[str, float] = {}
-    if args.report_only:
-        wall = {"medsymmflow": float("nan"), "resnet18": float("nan")}
-    elif args.sequential:
-        for name, cmd, log in jobs:
-            wall.update(_wait_all([(name, _launch(cmd, log, args.threads_each), log)], time.monotonic()))
-    else:
-        start = time.monotonic()
-        wall = _wait_all([(name, _launch(cmd, log, args.threads_each), log) for name, cmd, log in jobs], start)
+    wall = run_jobs(jobs, args.threads_each, sequential=args.sequential, report_only=args.report_only)
 
     missing = [str(p) for p in (flow_out / "metrics.json", resnet_out / "metrics.json") if not p.is_file()]
     if missing:

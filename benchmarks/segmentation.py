@@ -18,11 +18,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from baseline_resnet import command_line, machine_info  # noqa: E402
+from side_by_side import last_override, run_jobs  # noqa: E402
 
 from medsymmflow.io import atomic_write  # noqa: E402
 from medsymmflow.precision import AUTOCAST_CHOICES  # noqa: E402
@@ -62,16 +60,6 @@ def _bundle_settings() -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _last_override(overrides: Sequence[str], key: str, default: Any) -> Any:
-    """The value of the last ``--key=value`` override, else ``default``."""
-    value = default
-    for override in overrides:
-        name, _, given = override.partition("=")
-        if name == key:
-            value = given
-    return value
-
-
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--dataset-dir", default=str(REPO.parent / "shared" / "data" / "celebamask_hq_sample"),
@@ -97,7 +85,7 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     recipe = _recipe()
     if args.autocast is None:  # both models get the recipe's precision, so the comparison stays fair
         args.autocast = str(recipe.get("evaluation#autocast") or "none")
-    args.batch_size = int(_last_override(args.override, "--batch_size", recipe.get("batch_size", DEFAULT_BATCH_SIZE)))
+    args.batch_size = int(last_override(args.override, "--batch_size", recipe.get("batch_size", DEFAULT_BATCH_SIZE)))
     if args.baseline_batch_size is None:  # the same number of updates per epoch on both sides
         args.baseline_batch_size = args.batch_size
     return args
@@ -127,25 +115,6 @@ def _baseline_command(args: argparse.Namespace, out: Path) -> list[str]:
         "--budget-minutes", str(args.budget_minutes), "--threads", str(args.threads_each), "--output-dir", str(out),
         "--autocast", args.autocast, "--batch-size", str(args.baseline_batch_size), "--seed", str(args.seed),
     ]
-
-
-def _launch(cmd: list[str], log: Path, threads: int) -> subprocess.Popen:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
-    log.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
-
-
-def _wait_all(procs: list[tuple[str, subprocess.Popen, Path]], start: float) -> dict[str, float]:
-    """Wall-clock seconds from ``start`` until each process exits; raises if one fails."""
-    finished: dict[str, float] = {}
-    while len(finished) < len(procs):
-        for name, proc, log in procs:
-            if name not in finished and proc.poll() is not None:
-                if proc.returncode != 0:
-                    raise RuntimeError(f"{name} failed (exit {proc.returncode}); see {log}")
-                finished[name] = time.monotonic() - start
-        time.sleep(1.0)
-    return finished
 
 
 # ------------------------------------------------------------------------------------------ reading the runs
@@ -368,15 +337,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         (FLOW, _bundle_command(args, flow_out), out / f"{FLOW}.log"),
         (BASELINE, _baseline_command(args, baseline_out), out / f"{BASELINE}.log"),
     ]
-    wall: dict[str, float] = {}
-    if args.report_only:
-        wall = {FLOW: float("nan"), BASELINE: float("nan")}
-    elif args.sequential:
-        for name, cmd, log in jobs:
-            wall.update(_wait_all([(name, _launch(cmd, log, args.threads_each), log)], time.monotonic()))
-    else:
-        start = time.monotonic()
-        wall = _wait_all([(name, _launch(cmd, log, args.threads_each), log) for name, cmd, log in jobs], start)
+    wall = run_jobs(jobs, args.threads_each, sequential=args.sequential, report_only=args.report_only)
 
     flow, baseline = read_runs(out, args.report_only)
     if args.report_only and not args.remeasure and (out / MEASUREMENTS_FILE).is_file():

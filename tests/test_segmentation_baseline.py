@@ -201,6 +201,11 @@ def test_loader_and_trainer_refuse_bad_input(tmp_path: Path, data_dir: Path) -> 
         train_segmentation_baseline(data_dir, budget_minutes=None, max_epochs=None)
     with pytest.raises(ValueError, match="key_metric must be one of"):
         train_segmentation_baseline(data_dir, max_epochs=1, key_metric="dice")
+    # the ResNet-18 baseline's argument rules (medsymmflow.baselines.runs), checked before any data is read
+    with pytest.raises(ValueError, match="weight_decay must be"):
+        train_segmentation_baseline(data_dir, max_epochs=1, weight_decay=-1.0)
+    with pytest.raises(TypeError, match="budget_minutes must be a number"):
+        train_segmentation_baseline(data_dir, budget_minutes="10")
     with pytest.raises(ValueError, match="six positive ints"):
         build_basic_unet(3, 4, (4, 4))
 

@@ -165,3 +165,19 @@ def test_measure_scores_floor_speed_synthesis_and_writes_figures(tmp_path: Path,
     for figure in measured["figures"].values():
         assert Path(figure).is_file() and Path(figure).parent == tmp_path / "fig"
     assert json.loads((out / "measurements.json").read_text())["training_steps"] == {"medsymmflow": 7}
+
+
+def test_side_by_side_jobs_are_timed_and_a_failing_one_names_its_log(tmp_path: Path) -> None:
+    import sys
+
+    jobs = _load_script("side_by_side")
+    ok = [(name, [sys.executable, "-c", f"print('{name}')"], tmp_path / f"{name}.log") for name in ("a", "b")]
+    wall = jobs.run_jobs(ok, threads=1)
+    assert sorted(wall) == ["a", "b"] and all(s >= 0 for s in wall.values())
+    assert (tmp_path / "a.log").read_text().strip() == "a"
+    assert all(math.isnan(s) for s in jobs.run_jobs(ok, threads=1, report_only=True).values())
+    bad = [("c", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "c.log")]
+    with pytest.raises(RuntimeError, match=r"c failed \(exit 3\); see .*c\.log"):
+        jobs.run_jobs(bad, threads=1, sequential=True)
+    assert jobs.last_override(["--batch_size=8", "--x=1", "--batch_size=24"], "--batch_size", 16) == "24"
+    assert jobs.last_override([], "--batch_size", 16) == 16

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from medsymmflow.baselines.resnet import build_resnet18, predict_probabilities
+from medsymmflow.io import load_checkpoint
 from medsymmflow.metrics.cas import Classifier
 
 __all__ = ["load_resnet_classifier"]
@@ -24,10 +25,7 @@ def load_resnet_classifier(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"classifier weights not found: {path} (the ResNet-18 baseline writes model.pt)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated / foreign files
-        raise ValueError(f"classifier weights {path} could not be read ({type(e).__name__}: {e})") from e
+    state = load_checkpoint(path, map_location=device)
     model = build_resnet18(int(in_channels), int(num_classes), small_input=small_input)
     try:
         model.load_state_dict(state)

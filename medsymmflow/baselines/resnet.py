@@ -18,14 +18,9 @@ which writes the predictions tables of :mod:`medsymmflow.reports.predictions`.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import math
 import os
-import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,11 +29,19 @@ import torch
 from torch import nn
 
 from medsymmflow.baselines.engines import BEST_MODEL_FILE, BaselineEngines, build_baseline_engines, build_evaluator
-from medsymmflow.checks import nonnegative_float, positive_float, positive_int
+from medsymmflow.baselines.runs import (
+    check_training_args,
+    engine_description,
+    finish_result,
+    run_folder,
+    seeded_run,
+    train_to_best,
+    training_summary,
+    validation_history,
+)
 from medsymmflow.data.augment import BatchAugment
 from medsymmflow.data.medmnist import MedMNISTArrays, load_medmnist
 from medsymmflow.engines import ClassificationReport
-from medsymmflow.io import atomic_write, json_safe
 from medsymmflow.precision import autocast_context, resolve_autocast
 from medsymmflow.reports.predictions import PREDICTIONS_FILE, VAL_PREDICTIONS_FILE
 
@@ -88,34 +91,6 @@ def predict_probabilities(
     return torch.cat(parts)
 
 
-def _check_args(
-    budget_minutes: float | None,
-    max_epochs: int | None,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    log_every: int,
-    threads: int | None,
-    augment: Any,
-) -> None:
-    """Raise a ValueError/TypeError naming the first bad training argument."""
-    if budget_minutes is None and max_epochs is None:
-        raise ValueError("give a budget_minutes, a max_epochs or both; with neither, training would never stop")
-    if budget_minutes is not None:
-        if isinstance(budget_minutes, bool) or not isinstance(budget_minutes, (int, float)):
-            raise TypeError(f"budget_minutes must be a number or None, got {type(budget_minutes).__name__}")
-        positive_float(budget_minutes, "budget_minutes")
-    positive_int(batch_size, "batch_size")
-    positive_int(log_every, "log_every")
-    for name, value in (("max_epochs", max_epochs), ("threads", threads)):
-        if value is not None:  # None: no cap / torch's thread count
-            positive_int(value, name)
-    positive_float(lr, "lr")
-    nonnegative_float(weight_decay, "weight_decay")
-    if not (isinstance(augment, bool) or augment is None or callable(augment)):
-        raise TypeError(f"augment must be a bool, None or a callable (images, generator) -> images, got {augment!r}")
-
-
 def train_resnet_baseline(
     flag: str,
     dataset_dir: str | os.PathLike | None,
@@ -155,59 +130,30 @@ def train_resnet_baseline(
     means the run completed). Returns the metrics.json content.
     """
     start = time.perf_counter()
-    _check_args(budget_minutes, max_epochs, batch_size, lr, weight_decay, log_every, threads, augment)
+    check_training_args(budget_minutes, max_epochs, batch_size, lr, weight_decay, log_every, threads)
+    if not (isinstance(augment, bool) or augment is None or callable(augment)):
+        raise TypeError(f"augment must be a bool, None or a callable (images, generator) -> images, got {augment!r}")
     autocast_dtype = resolve_autocast(autocast, device)
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        # the model's initial weights come from the seeded global RNG; the fork gives the caller its state back
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            return _run(
-                start=start,
-                flag=flag,
-                dataset_dir=dataset_dir,
-                download=download,
-                size=size,
-                budget_minutes=None if budget_minutes is None else float(budget_minutes),
-                max_epochs=max_epochs,
-                batch_size=batch_size,
-                lr=float(lr),
-                weight_decay=float(weight_decay),
-                augment=augment,
-                balanced=bool(balanced),
-                seed=int(seed),
-                device=torch.device(device),
-                output_dir=None if output_dir is None else Path(output_dir),
-                log_every=log_every,
-                autocast_dtype=autocast_dtype,
-            )
-    finally:
-        torch.set_num_threads(previous_threads)
-
-
-def _history(engines: BaselineEngines) -> list[dict[str, Any]]:
-    """One row per validation (normally one per epoch) from MONAI's MetricLogger: train loss and val ACC / AUC."""
-    length = int(engines.trainer.state.epoch_length)
-    losses: dict[int, list[float]] = defaultdict(list)
-    for iteration, loss in engines.history.loss:
-        losses[math.ceil(iteration / length)].append(loss)
-    rows = []
-    for (iteration, auc), (_, acc) in zip(engines.history.metrics["val_auc"], engines.history.metrics["val_acc"]):
-        epoch = math.ceil(iteration / length)
-        steps = losses[epoch]
-        rows.append(
-            {
-                "epoch": epoch,
-                "steps": len(steps),
-                "complete": len(steps) == length,
-                "loss": sum(steps) / max(len(steps), 1),
-                "val_acc": float(acc),
-                "val_auc": float(auc),
-            }
+    with seeded_run(seed, threads):
+        return _run(
+            start=start,
+            flag=flag,
+            dataset_dir=dataset_dir,
+            download=download,
+            size=size,
+            budget_minutes=None if budget_minutes is None else float(budget_minutes),
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            lr=float(lr),
+            weight_decay=float(weight_decay),
+            augment=augment,
+            balanced=bool(balanced),
+            seed=int(seed),
+            device=torch.device(device),
+            output_dir=None if output_dir is None else Path(output_dir),
+            log_every=log_every,
+            autocast_dtype=autocast_dtype,
         )
-    return rows
 
 
 def _score_split(
@@ -270,23 +216,17 @@ def _run(
         "none" if budget_minutes is None else f"{budget_minutes:.1f} min", load_seconds,
     )
     # without an output folder the best checkpoint and the tables live in a folder removed afterwards
-    with tempfile.TemporaryDirectory() if output_dir is None else contextlib.nullcontext(str(output_dir)) as where:
-        folder = Path(where)
+    with run_folder(output_dir) as folder:
         engines = build_baseline_engines(
             model, train, val, folder, device, max_epochs=max_epochs, budget_minutes=budget_minutes,
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, augment=augmenter, balanced=balanced,
             seed=seed, autocast_dtype=autocast_dtype, log_every=log_every,
         )
-        trainer = engines.trainer
-        trainer.run()
-        if engines.saver.state_dict()["best_epoch"] is None:  # the budget ended before the first validation
-            engines.evaluator.run(trainer.state.epoch)
+        train_to_best(engines, model, folder, device)
         train_seconds = time.perf_counter() - start - load_seconds
-        model.load_state_dict(torch.load(folder / BEST_MODEL_FILE, map_location=device, weights_only=True))
         val_report = _score_split(val, model, engines, device, folder, VAL_PREDICTIONS_FILE, npz_dir)
         test_report = _score_split(test, model, engines, device, folder, PREDICTIONS_FILE, npz_dir)
 
-    state = trainer.state
     result: dict[str, Any] = {
         "model": "monai.networks.nets.resnet18" + (" (3x3 stride-1 stem, no max-pool)" if size <= 32 else ""),
         "num_parameters": sum(p.numel() for p in model.parameters()),
@@ -302,10 +242,7 @@ def _run(
             "batch_size": batch_size,
             "lr": lr,
             "weight_decay": weight_decay,
-            "optimizer": "AdamW",
-            "schedule": "cosine from the peak lr to 0 at the end of the planned epochs (MONAI WarmupCosineSchedule, no warm-up)",
-            "engines": "monai.engines.SupervisedTrainer, medsymmflow.engines.TrainingBudget (plan_epochs), "
-            "medsymmflow.engines.AtomicCheckpointSaver (best val_auc)",
+            **engine_description("val_auc"),
             "augment": repr(augmenter) if augmenter is not None else None,
             "balanced": balanced,
             "seed": seed,
@@ -314,24 +251,15 @@ def _run(
             "autocast": None if autocast_dtype is None else str(autocast_dtype).replace("torch.", ""),
         },
         "training": {
-            # a budget that ended within the first epoch never planned: that epoch was all there was
-            "epochs_planned": int(state.max_epochs) if state.iteration >= state.epoch_length else int(state.epoch),
-            "epochs_run": int(state.epoch),
-            "best_epoch": engines.saver.state_dict()["best_epoch"],
-            "stopped_by_budget": int(state.iteration) < int(state.max_epochs) * int(state.epoch_length),
+            **training_summary(engines),
             "load_seconds": load_seconds,
             "train_seconds": train_seconds,
-            "history": _history(engines),
+            "history": validation_history(engines, ("val_acc", "val_auc"), "val_auc"),
         },
         "val": val_report,
         "test": test_report,
     }
-    if output_dir is not None:
-        result["output_dir"] = str(output_dir)
-    result["training"]["total_seconds"] = time.perf_counter() - start
-    result = json_safe(result)
-    if output_dir is not None:
-        atomic_write(output_dir / "metrics.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
+    result = finish_result(result, start, output_dir)
     logger.info(
         "best epoch %s: test %s, %.1f min in total",
         result["training"]["best_epoch"],

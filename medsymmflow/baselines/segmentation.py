@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import math
 import os
-import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,19 +45,28 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from medsymmflow.baselines.engines import (
-    BEST_MODEL_FILE,
     AutocastInferer,
     BaselineEngines,
     assemble_baseline_engines,
     best_model_saver,
     epoch_logs,
 )
-from medsymmflow.checks import positive_float, positive_int
+from medsymmflow.baselines.runs import (
+    check_training_args,
+    engine_description,
+    finish_result,
+    run_folder,
+    seeded_run,
+    train_to_best,
+    training_summary,
+    validation_history,
+)
+from medsymmflow.checks import positive_int
 from medsymmflow.data.celebamask import CELEBAMASK_HQ_CLASSES, celebamask_hq_dicts
 from medsymmflow.data.folders import DEFAULT_FRACTIONS as FOLDER_FRACTIONS
 from medsymmflow.data.folders import SPLIT_NAMES
 from medsymmflow.engines import SegmentationReport
-from medsymmflow.io import atomic_write, json_safe
+from medsymmflow.io import load_checkpoint
 from medsymmflow.metrics.segmentation import iou_from_confusion, mean_iou, pixel_accuracy
 from medsymmflow.metrics.synthesis import Segmenter
 from medsymmflow.precision import autocast_context, resolve_autocast
@@ -408,24 +414,6 @@ def build_segmentation_engines(
     )
 
 
-def _history(engines: BaselineEngines, key_metric: str) -> list[dict[str, Any]]:
-    """One row per validation from MONAI's MetricLogger: steps, mean train loss and the three validation metrics."""
-    length = int(engines.trainer.state.epoch_length)
-    losses: dict[int, list[float]] = defaultdict(list)
-    for iteration, loss in engines.history.loss:
-        losses[math.ceil(iteration / length)].append(loss)
-    rows = []
-    series = {name: engines.history.metrics[f"val_{name}"] for name in KEY_METRICS}
-    for i, (iteration, _) in enumerate(series[key_metric]):
-        epoch = math.ceil(iteration / length)
-        steps = losses[epoch]
-        row = {"epoch": epoch, "steps": len(steps), "complete": len(steps) == length,
-               "loss": sum(steps) / max(len(steps), 1)}
-        row.update({f"val_{name}": float(values[i][1]) for name, values in series.items()})
-        rows.append(row)
-    return rows
-
-
 def train_segmentation_baseline(
     dataset_dir: str | os.PathLike,
     size: int = 64,
@@ -464,75 +452,49 @@ def train_segmentation_baseline(
     so its presence means the run completed). Returns the metrics.json content.
     """
     start = time.perf_counter()
-    if budget_minutes is None and max_epochs is None:
-        raise ValueError("give a budget_minutes, a max_epochs or both; with neither, training would never stop")
-    if budget_minutes is not None:
-        positive_float(budget_minutes, "budget_minutes")
-    for name, value in (("max_epochs", max_epochs), ("threads", threads)):
-        if value is not None:
-            positive_int(value, name)
-    positive_int(batch_size, "batch_size")
-    positive_int(log_every, "log_every")
-    positive_float(lr, "lr")
+    check_training_args(budget_minutes, max_epochs, batch_size, lr, weight_decay, log_every, threads)
     if key_metric not in KEY_METRICS:
         raise ValueError(f"key_metric must be one of {', '.join(KEY_METRICS)}, got {key_metric!r}")
     autocast_dtype = resolve_autocast(autocast, device)
     dev = torch.device(device)
-    previous_threads = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
-            kwargs = dict(size=int(size), split_seed=int(split_seed), fractions=tuple(fractions), class_names=list(class_names))
-            train = segmentation_dataset(dataset_dir, "train", train=True, seed=int(seed), **kwargs)
-            val = segmentation_dataset(dataset_dir, "val", **kwargs)
-            test = segmentation_dataset(dataset_dir, "test", **kwargs)
-            load_seconds = time.perf_counter() - start
-            num_classes = len(class_names)
-            model = build_basic_unet(3, num_classes, features).to(dev)
-            logger.info(
-                "BasicUNet on %s (%d train / %d val / %d test, %d classes, %d px), budget %s, data loaded in %.1f s",
-                dataset_dir, len(train), len(val), len(test), num_classes, size,
-                "none" if budget_minutes is None else f"{budget_minutes:.1f} min", load_seconds,
+    with seeded_run(seed, threads):
+        kwargs = dict(size=int(size), split_seed=int(split_seed), fractions=tuple(fractions), class_names=list(class_names))
+        train = segmentation_dataset(dataset_dir, "train", train=True, seed=int(seed), **kwargs)
+        val = segmentation_dataset(dataset_dir, "val", **kwargs)
+        test = segmentation_dataset(dataset_dir, "test", **kwargs)
+        load_seconds = time.perf_counter() - start
+        num_classes = len(class_names)
+        model = build_basic_unet(3, num_classes, features).to(dev)
+        logger.info(
+            "BasicUNet on %s (%d train / %d val / %d test, %d classes, %d px), budget %s, data loaded in %.1f s",
+            dataset_dir, len(train), len(val), len(test), num_classes, size,
+            "none" if budget_minutes is None else f"{budget_minutes:.1f} min", load_seconds,
+        )
+        with run_folder(output_dir) as folder:
+            engines = build_segmentation_engines(
+                model, train, val, folder, dev, num_classes, max_epochs=max_epochs,
+                budget_minutes=None if budget_minutes is None else float(budget_minutes), batch_size=batch_size,
+                lr=float(lr), weight_decay=float(weight_decay), seed=int(seed), key_metric=key_metric,
+                autocast_dtype=autocast_dtype, log_every=log_every, clock=clock,
             )
-            with tempfile.TemporaryDirectory() if output_dir is None else contextlib.nullcontext(str(output_dir)) as where:
-                folder = Path(where)
-                engines = build_segmentation_engines(
-                    model, train, val, folder, dev, num_classes, max_epochs=max_epochs,
-                    budget_minutes=None if budget_minutes is None else float(budget_minutes), batch_size=batch_size,
-                    lr=float(lr), weight_decay=float(weight_decay), seed=int(seed), key_metric=key_metric,
-                    autocast_dtype=autocast_dtype, log_every=log_every, clock=clock,
-                )
-                trainer = engines.trainer
-                trainer.run()
-                if engines.saver.state_dict()["best_epoch"] is None:  # the budget ended before the first validation
-                    engines.evaluator.run(trainer.state.epoch)
-                train_seconds = time.perf_counter() - start - load_seconds
-                model.load_state_dict(torch.load(folder / BEST_MODEL_FILE, map_location=dev, weights_only=True))
-                report = SegmentationReport(
-                    folder, num_classes, list(class_names), ignore_index=IGNORE_INDEX, background=0,
-                    extra={"model": "monai.networks.nets.BasicUNet", "split": "test", "size": int(size),
-                           "steps_note": "one forward pass, reported as step count 1"},
-                )
-                build_segmentation_evaluator(test, model, dev, engines.inferer, num_classes, handlers=[report]).run()
-                config = dict(
-                    dataset_dir=str(dataset_dir), size=int(size), budget_minutes=budget_minutes, max_epochs=max_epochs,
-                    batch_size=batch_size, lr=float(lr), weight_decay=float(weight_decay), features=list(features),
-                    fractions=list(fractions), split_seed=int(split_seed), seed=int(seed), key_metric=key_metric,
-                    device=str(dev), threads=torch.get_num_threads(),
-                    autocast=None if autocast_dtype is None else str(autocast_dtype).replace("torch.", ""),
-                )
-                result = _result(engines, model, report, config, {"train": len(train), "val": len(val), "test": len(test)})
-                result["training"].update(load_seconds=load_seconds, train_seconds=train_seconds)
-                if output_dir is not None:
-                    result["output_dir"] = str(output_dir)
-                result["training"]["total_seconds"] = time.perf_counter() - start
-                result = json_safe(result)
-                if output_dir is not None:
-                    atomic_write(folder / "metrics.json", json.dumps(result, indent=2, allow_nan=False) + "\n")
-    finally:
-        torch.set_num_threads(previous_threads)
+            train_to_best(engines, model, folder, dev)
+            train_seconds = time.perf_counter() - start - load_seconds
+            report = SegmentationReport(
+                folder, num_classes, list(class_names), ignore_index=IGNORE_INDEX, background=0,
+                extra={"model": "monai.networks.nets.BasicUNet", "split": "test", "size": int(size),
+                       "steps_note": "one forward pass, reported as step count 1"},
+            )
+            build_segmentation_evaluator(test, model, dev, engines.inferer, num_classes, handlers=[report]).run()
+            config = dict(
+                dataset_dir=str(dataset_dir), size=int(size), budget_minutes=budget_minutes, max_epochs=max_epochs,
+                batch_size=batch_size, lr=float(lr), weight_decay=float(weight_decay), features=list(features),
+                fractions=list(fractions), split_seed=int(split_seed), seed=int(seed), key_metric=key_metric,
+                device=str(dev), threads=torch.get_num_threads(),
+                autocast=None if autocast_dtype is None else str(autocast_dtype).replace("torch.", ""),
+            )
+            result = _result(engines, model, report, config, {"train": len(train), "val": len(val), "test": len(test)})
+            result["training"].update(load_seconds=load_seconds, train_seconds=train_seconds)
+            result = finish_result(result, start, output_dir)
     logger.info(
         "best epoch %s: test mIoU %.4f (no background %.4f), pixel accuracy %.4f, %.1f min in total",
         result["training"]["best_epoch"], result["test"]["miou"], result["test"]["miou_no_background"],
@@ -549,7 +511,6 @@ def _result(
     counts: dict[str, int],
 ) -> dict[str, Any]:
     """The metrics.json content of a finished run."""
-    state = engines.trainer.state
     test = dict(report.results["by_steps"]["1"])
     return {
         "model": "monai.networks.nets.BasicUNet",
@@ -560,20 +521,14 @@ def _result(
         "loss": "medsymmflow.baselines.segmentation.MaskedDiceCELoss (monai DiceCELoss, softmax, one-hot, batch Dice, 255 masked)",
         "config": {
             **config,
-            "optimizer": "AdamW",
-            "schedule": "cosine from the peak lr to 0 at the end of the planned epochs (MONAI WarmupCosineSchedule, no warm-up)",
-            "engines": "monai.engines.SupervisedTrainer, medsymmflow.engines.TrainingBudget (plan_epochs), "
-            f"medsymmflow.engines.AtomicCheckpointSaver (best val_{config['key_metric']})",
+            **engine_description(f"val_{config['key_metric']}"),
             "augment": "RandFlipSwapd (horizontal flip swapping left/right classes, p=0.5)",
         },
         "splits": counts,
         "training": {
-            "epochs_planned": int(state.max_epochs) if state.iteration >= state.epoch_length else int(state.epoch),
-            "epochs_run": int(state.epoch),
-            "steps": int(state.iteration),
-            "best_epoch": engines.saver.state_dict()["best_epoch"],
-            "stopped_by_budget": int(state.iteration) < int(state.max_epochs) * int(state.epoch_length),
-            "history": _history(engines, config["key_metric"]),
+            **training_summary(engines),
+            "steps": int(engines.trainer.state.iteration),
+            "history": validation_history(engines, [f"val_{name}" for name in KEY_METRICS], f"val_{config['key_metric']}"),
         },
         "test": test,
     }
@@ -590,10 +545,7 @@ def load_segmentation_baseline(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"segmentation baseline weights not found: {path} (the BasicUNet baseline writes model.pt)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises several types for truncated / foreign files
-        raise ValueError(f"segmentation baseline weights {path} could not be read ({type(e).__name__}: {e})") from e
+    state = load_checkpoint(path, map_location=device)
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a BasicUNet state_dict")
     try:

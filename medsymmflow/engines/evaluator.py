@@ -16,10 +16,44 @@ from medsymmflow.codes import decision_scores
 from medsymmflow.inferers import SymmFlowClassifier
 from medsymmflow.networks.latent import LatentCodec, check_codec
 
-__all__ = ["SymmFlowEvaluator"]
+__all__ = ["SeededEvaluator", "SymmFlowEvaluator"]
 
 
-class SymmFlowEvaluator(Evaluator):
+class SeededEvaluator(Evaluator):
+    """A MONAI ``Evaluator`` of a ``network`` through an ``inferer`` that draws noise from its own ``generator``.
+
+    The generator (on ``device``) is re-seeded with ``seed`` at the start of every evaluation, so a run is
+    reproducible and does not consume the training RNG stream. Batches are not decollated: the subclass's
+    ``_iteration`` writes batch-first tensors to ``state.output``.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        val_data_loader: Any,
+        network: torch.nn.Module,
+        inferer: Any,
+        seed: int = 0,
+        prepare_batch: Callable = default_prepare_batch,
+        val_handlers: Sequence | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            device=device,
+            val_data_loader=val_data_loader,
+            prepare_batch=prepare_batch,
+            val_handlers=val_handlers,
+            decollate=False,
+            **kwargs,
+        )
+        self.network = network
+        self.inferer = inferer
+        self.seed = int(seed)
+        self.generator = torch.Generator(device=torch.device(device))
+        self.add_event_handler(Events.STARTED, lambda engine: engine.generator.manual_seed(engine.seed))
+
+
+class SymmFlowEvaluator(SeededEvaluator):
     """Runs :class:`SymmFlowClassifier` on each batch and puts decoded predictions in ``state.output``.
 
     ``state.output`` keys (batch-first tensors): ``image``, ``label`` (B,), ``pred`` (B,) and ``score``
@@ -33,8 +67,7 @@ class SymmFlowEvaluator(Evaluator):
     ``filename`` when it has a ``file`` key (the inference bundle copies each image's path there), and
     ``failed`` when the batch carries failure records of unreadable files (see
     :class:`~medsymmflow.data.ImageFileDataset`); a batch of failures only gives ``{"failed": [...]}``.
-    The noise generator is re-seeded with ``seed`` at the start of every evaluation, so a run is
-    reproducible and does not consume the training RNG stream.
+    The noise generator is re-seeded with ``seed`` at the start of every evaluation (:class:`SeededEvaluator`).
 
     With a ``codec`` (Latent MedSymmFlow) every run encodes the image to a posterior sample of its
     latent, the inferer predicts code latents (its ``code_channels`` must be the codec's latent
@@ -58,14 +91,7 @@ class SymmFlowEvaluator(Evaluator):
         codec: LatentCodec | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            device=device,
-            val_data_loader=val_data_loader,
-            prepare_batch=prepare_batch,
-            val_handlers=val_handlers,
-            decollate=False,
-            **kwargs,
-        )
+        super().__init__(device, val_data_loader, network, inferer, seed, prepare_batch, val_handlers, **kwargs)
         positive_int(num_runs, "num_runs")
         positive_float(temperature, "temperature")
         inferer.codebook.check_score(score)
@@ -75,15 +101,10 @@ class SymmFlowEvaluator(Evaluator):
                     f"the inferer predicts {inferer.code_channels}-channel codes but the VAE's latents have "
                     f"{codec.latent_channels} channels: build it with code_channels={codec.latent_channels}"
                 )
-        self.network = network
-        self.inferer = inferer
         self.codec = codec
         self.num_runs = int(num_runs)
         self.temperature = float(temperature)
         self.score = score
-        self.seed = int(seed)
-        self.generator = torch.Generator(device=torch.device(device))
-        self.add_event_handler(Events.STARTED, lambda engine: engine.generator.manual_seed(engine.seed))
 
     def _iteration(self, engine: "SymmFlowEvaluator", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:

@@ -18,12 +18,33 @@ from medsymmflow.metrics.classification import mean_two_sigma, medmnist_metrics,
 from medsymmflow.metrics.uncertainty import draw_spread
 from medsymmflow.reports.predictions import write_predictions
 
-__all__ = ["ClassificationReport", "InferenceReport"]
+__all__ = ["ClassificationReport", "EvaluationReport", "InferenceReport"]
 
 logger = logging.getLogger(__name__)
 
 
-class ClassificationReport:
+class EvaluationReport:
+    """Base of the report handlers: reset when an evaluation starts, collect every iteration's output, write at ``write_event``."""
+
+    write_event = Events.COMPLETED
+
+    def attach(self, engine: Engine) -> None:
+        """Collect at every iteration, write at ``write_event``."""
+        engine.add_event_handler(Events.STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(self.write_event, self._write)
+
+    def _reset(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def _collect(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+    def _write(self, engine: Engine) -> None:
+        raise NotImplementedError
+
+
+class ClassificationReport(EvaluationReport):
     """Collects a :class:`SymmFlowEvaluator`'s outputs and writes ``metrics.json`` and ``predictions.csv``.
 
     (File names are settable, e.g. ``val_metrics.json`` / ``val_predictions.csv`` for the validation split
@@ -66,12 +87,6 @@ class ClassificationReport:
         self.extra = dict(extra or {})
         self._rows: dict[str, list[torch.Tensor]] = {}
         self.results: dict[str, Any] = {}
-
-    def attach(self, engine: Engine) -> None:
-        """Collect at every iteration, write at completion."""
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _reset(self, engine: Engine) -> None:
         self._rows = {}
@@ -161,7 +176,7 @@ class ClassificationReport:
         )
 
 
-class InferenceReport:
+class InferenceReport(EvaluationReport):
     """Writes each image's class, per-class scores and uncertainty to ``predictions.csv`` and ``.json``.
 
     The class is the one the evaluator's decision chose (its ``pred``); the scores are its ``scores``
@@ -187,12 +202,6 @@ class InferenceReport:
         self.skipped = [str(f) for f in skipped or []]
         self._rows: list[dict[str, Any]] = []
         self.failed: list[dict[str, str]] = []
-
-    def attach(self, engine: Engine) -> None:
-        """Collect at every iteration, write at completion."""
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _reset(self, engine: Engine) -> None:
         self._rows.clear()

@@ -6,25 +6,24 @@ import copy
 from typing import Any, Callable, Sequence
 
 import torch
-from ignite.engine import Events
-from monai.engines import Evaluator
 from monai.engines.utils import IterationEvents, default_prepare_batch
 from monai.utils import CommonKeys as Keys
 from monai.utils import ensure_tuple
 
 from medsymmflow.checks import positive_int
+from medsymmflow.engines.evaluator import SeededEvaluator
 from medsymmflow.inferers import SymmFlowSegmenter
 
 __all__ = ["SymmFlowSegmentationEvaluator"]
 
 
-class SymmFlowSegmentationEvaluator(Evaluator):
+class SymmFlowSegmentationEvaluator(SeededEvaluator):
     """Runs a :class:`SymmFlowSegmenter` at each of ``steps`` (e.g. ``[1, 5, 25]``) Euler step counts per batch.
 
-    One pass over the data evaluates every step count: each batch draws its label noise once (from a
-    generator re-seeded with ``seed`` when the evaluation starts, so a run is reproducible and leaves the
-    training RNG alone) and every step count integrates from that same noise, so the step counts differ only
-    in their integration. ``steps`` defaults to the inferer's own.
+    One pass over the data evaluates every step count: each batch draws its label noise once (from the
+    generator :class:`~medsymmflow.engines.evaluator.SeededEvaluator` re-seeds with ``seed`` when the evaluation
+    starts) and every step count integrates from that same noise, so the step counts differ only in their
+    integration. ``steps`` defaults to the inferer's own.
 
     ``state.output`` keys: ``image``; ``label`` (B, 1, *spatial) int64 class maps when the batch has labels;
     ``valid`` (B, 1, *spatial) when the batch has ``valid_key`` (1 = labelled pixel); ``steps`` (the step
@@ -50,30 +49,18 @@ class SymmFlowSegmentationEvaluator(Evaluator):
         val_handlers: Sequence | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(
-            device=device,
-            val_data_loader=val_data_loader,
-            prepare_batch=prepare_batch,
-            val_handlers=val_handlers,
-            decollate=False,
-            **kwargs,
-        )
+        super().__init__(device, val_data_loader, network, inferer, seed, prepare_batch, val_handlers, **kwargs)
         if not isinstance(inferer, SymmFlowSegmenter):
             raise TypeError(f"inferer must be a SymmFlowSegmenter, got {type(inferer).__name__}")
         counts = [positive_int(s, "steps") for s in ensure_tuple(inferer.steps if steps is None else steps)]
         if len(set(counts)) != len(counts):
             raise ValueError(f"steps lists a step count twice: {counts}")
-        self.network = network
-        self.inferer = inferer
         self.steps = counts
         # one segmenter per step count, sharing the codebook, method, draws and autocast of ``inferer``
         self.segmenters = {s: copy.copy(inferer) for s in counts}
         for s, segmenter in self.segmenters.items():
             segmenter.steps = s
         self.valid_key = valid_key
-        self.seed = int(seed)
-        self.generator = torch.Generator(device=torch.device(device))
-        self.add_event_handler(Events.STARTED, lambda engine: engine.generator.manual_seed(engine.seed))
 
     def _iteration(self, engine: "SymmFlowSegmentationEvaluator", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from ignite.engine import Engine, Events
 
+from medsymmflow.engines.report import EvaluationReport
 from medsymmflow.metrics.segmentation import SegmentationMetrics
 from medsymmflow.reports.segmentation import (
     SEGMENTATION_METRICS_FILE,
@@ -23,7 +24,7 @@ __all__ = ["SegmentationReport"]
 logger = logging.getLogger(__name__)
 
 
-class SegmentationReport:
+class SegmentationReport(EvaluationReport):
     """Accumulates one confusion matrix per step count over the whole split and writes the segmentation report.
 
     Reads the evaluator's ``preds`` / ``uncertainty_maps`` (step count -> maps), ``label``, ``valid`` and ``id``
@@ -34,6 +35,10 @@ class SegmentationReport:
     ``..._pixel_accuracy_{s}steps`` for every step count ``s`` (e.g. for a checkpoint saver on validation mIoU).
     ``background``: the class left out of ``miou_no_background`` (``None``: no background class).
     """
+
+    # at the end of the (single) epoch, not at COMPLETED: a checkpoint saver, StatsHandler and TensorBoard
+    # read state.metrics on EPOCH_COMPLETED, after the handlers attached before them
+    write_event = Events.EPOCH_COMPLETED
 
     def __init__(
         self,
@@ -62,14 +67,6 @@ class SegmentationReport:
         self._metrics: dict[int, SegmentationMetrics] = {}
         self._ids: list[str] = []
         self.results: dict[str, Any] = {}
-
-    def attach(self, engine: Engine) -> None:
-        """Collect at every iteration, write when the epoch completes."""
-        engine.add_event_handler(Events.STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
-        # at the end of the (single) epoch, not at COMPLETED: a checkpoint saver, StatsHandler and TensorBoard
-        # read state.metrics on EPOCH_COMPLETED, after the handlers attached before them
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._write)
 
     def _reset(self, engine: Engine) -> None:
         self._metrics, self._ids = {}, []

@@ -34,6 +34,7 @@ __all__ = [
     "INCEPTION_REQUIREMENT",
     "InceptionFeatures",
     "ReferenceFID",
+    "checked_extractor",
     "fid_score",
     "find_inception_file",
     "inception_available",
@@ -163,6 +164,25 @@ class _CheckedFeatures(nn.Module):
         return features
 
 
+def checked_extractor(
+    feature_extractor: nn.Module | None, real_images: np.ndarray, device: str | torch.device = "cpu"
+) -> _CheckedFeatures:
+    """``feature_extractor`` (None: the offline Inception V3) in eval mode on ``device``, checked to return ``(N, d)``.
+
+    The width ``d`` is the extractor's ``num_features`` or, when it has none, read from its output for two
+    of the uint8 ``real_images``.
+    """
+    extractor = load_inception(device=device) if feature_extractor is None else feature_extractor
+    if not isinstance(extractor, nn.Module):
+        raise TypeError(f"feature_extractor must be a torch.nn.Module, got {type(extractor).__name__}")
+    extractor = extractor.to(torch.device(device)).eval()
+    width = getattr(extractor, "num_features", None)
+    if not isinstance(width, int):
+        with torch.inference_mode():
+            width = int(extractor(to_float_images(real_images[:2]).to(torch.device(device))).shape[-1])
+    return _CheckedFeatures(extractor, width)
+
+
 class ReferenceFID:
     """FID of image sets against one fixed set of real images, whose features are extracted only once.
 
@@ -185,20 +205,12 @@ class ReferenceFID:
         if real.shape[0] < 2:
             raise ValueError(f"FID needs at least 2 real images, got {real.shape[0]}")
         batch_size = positive_int(batch_size, "batch_size")
-        extractor = load_inception(device=device) if feature_extractor is None else feature_extractor
-        if not isinstance(extractor, nn.Module):
-            raise TypeError(f"feature_extractor must be a torch.nn.Module, got {type(extractor).__name__}")
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.progress = progress
         self.image_shape = tuple(real.shape[1:])
-        extractor = extractor.to(self.device).eval()
-        width = getattr(extractor, "num_features", None)
-        if not isinstance(width, int):
-            with torch.inference_mode():
-                width = extractor(to_float_images(real[:2]).to(self.device)).shape[-1]
         self.metric = FrechetInceptionDistance(
-            feature=_CheckedFeatures(extractor, width), reset_real_features=False
+            feature=checked_extractor(feature_extractor, real, self.device), reset_real_features=False
         ).to(self.device)
         self._update(real, real=True)
 

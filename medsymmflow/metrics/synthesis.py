@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from medsymmflow.io import check_uint8_images, to_float_images
-from medsymmflow.metrics.fid import _CheckedFeatures, load_inception
+from medsymmflow.metrics.fid import checked_extractor
 from medsymmflow.metrics.segmentation import iou_from_confusion, mean_iou, pixel_accuracy
 
 __all__ = [
@@ -172,16 +172,8 @@ class SynthesisScores:
         self.seed = int(seed)
         self.progress = progress
         self.device = torch.device(device)
-        extractor = load_inception(device=device) if feature_extractor is None else feature_extractor
-        if not isinstance(extractor, nn.Module):
-            raise TypeError(f"feature_extractor must be a torch.nn.Module, got {type(extractor).__name__}")
-        extractor = extractor.to(self.device).eval()
-        width = getattr(extractor, "num_features", None)
-        if not isinstance(width, int):
-            with torch.inference_mode():
-                width = int(extractor(to_float_images(real[:2]).to(self.device)).shape[-1])
-        self.extractor = _CheckedFeatures(extractor, width)
-        self.num_features = width
+        self.extractor = checked_extractor(feature_extractor, real, self.device)
+        self.num_features = self.extractor.num_features
         self.image_shape = tuple(real.shape[1:])
         self.real_features = self.features(real, "real")
 
