@@ -52,6 +52,18 @@ class SeededEvaluator(Evaluator):
         self.generator = torch.Generator(device=torch.device(device))
         self.add_event_handler(Events.STARTED, lambda engine: engine.generator.manual_seed(engine.seed))
 
+    @staticmethod
+    def read_batch(engine: "SeededEvaluator", batchdata: Any) -> tuple[torch.Tensor | None, Any, list]:
+        """``(image, label, failed)`` of a batch; ``image`` is None when every file of the batch failed to load."""
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        # files of an ImageFileDataset that could not be read arrive as failure records, possibly a whole batch of them
+        failed = list(batchdata.get("failed", [])) if isinstance(batchdata, dict) else []
+        if isinstance(batchdata, dict) and Keys.IMAGE not in batchdata:
+            return None, None, failed
+        image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+        return torch.as_tensor(image).float(), label, failed
+
 
 class SymmFlowEvaluator(SeededEvaluator):
     """Runs :class:`SymmFlowClassifier` on each batch and puts decoded predictions in ``state.output``.
@@ -107,15 +119,10 @@ class SymmFlowEvaluator(SeededEvaluator):
         self.score = score
 
     def _iteration(self, engine: "SymmFlowEvaluator", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        # files of an ImageFileDataset that could not be read arrive as failure records, possibly a whole batch of them
-        failed = list(batchdata.get("failed", [])) if isinstance(batchdata, dict) else []
-        if isinstance(batchdata, dict) and Keys.IMAGE not in batchdata:
+        image, label, failed = engine.read_batch(engine, batchdata)
+        if image is None:
             engine.state.output = {"failed": failed}
             return engine.state.output
-        image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
-        image = torch.as_tensor(image).float()
         engine.network.eval()
         with torch.no_grad():
             if engine.codec is None:

@@ -63,15 +63,10 @@ class SymmFlowSegmentationEvaluator(SeededEvaluator):
         self.valid_key = valid_key
 
     def _iteration(self, engine: "SymmFlowSegmentationEvaluator", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
-        if batchdata is None:
-            raise ValueError("Must provide batch data for current iteration.")
-        # files of an ImageFileDataset that could not be read arrive as failure records, possibly a whole batch of them
-        failed = list(batchdata.get("failed", [])) if isinstance(batchdata, dict) else []
-        if isinstance(batchdata, dict) and Keys.IMAGE not in batchdata:
+        image, label, failed = engine.read_batch(engine, batchdata)
+        if image is None:
             engine.state.output = {"failed": failed}
             return engine.state.output
-        image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
-        image = torch.as_tensor(image).float()
         noise = torch.randn(engine.inferer.noise_shape(image), generator=engine.generator, device=image.device)
         preds, maps = {}, {}
         engine.network.eval()
