@@ -49,7 +49,7 @@ def test_train_writes_checkpoints_metrics_and_predictions(trained: Path) -> None
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(trained / "tensorboard")).Reload()
-    losses = [e.value for e in events.Scalars("train_loss")]
+    losses = [e.value for e in events.Scalars("train_epoch_loss")]
     assert len(losses) == 2 and all(np.isfinite(losses)), losses
     last = torch.load(trained / "checkpoints/last.pt", map_location="cpu", weights_only=True)
     assert set(last) >= {"run_info", "network", "ema", "optimizer", "lr_scheduler", "trainer"}

@@ -229,3 +229,4 @@ def test_monai_tracking_option_logs_the_training_to_a_local_mlflow_store(trained
     assert [m.step for m in val_auc] == [1, 2] and all(0.0 <= m.value <= 1.0 for m in val_auc)
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
     assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 4  # 2 epochs x 2 iterations
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train_epoch_loss")] == [1, 2]  # the epochs' means
