@@ -204,8 +204,10 @@ def measure(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     for path in (best, model):
         if not path.is_file():
             raise SystemExit(f"segmentation benchmark: checkpoint {path} is missing; the measurements need both models")
-    train_images, train_maps, _ = load_segmentation_split(args.dataset_dir, "train", args.size)
-    test_images, test_maps, test_ids = load_segmentation_split(args.dataset_dir, "test", args.size)
+    train = load_segmentation_split(args.dataset_dir, "train", args.size)
+    train_images, train_maps = train.images, train.label_maps
+    test = load_segmentation_split(args.dataset_dir, "test", args.size)
+    test_images, test_maps, test_ids = test.images, test.label_maps, test.ids
     num_classes = int(json.loads((out / BASELINE / "metrics.json").read_text())["num_classes"])
     floor = score_majority_floor(train_maps, test_maps, num_classes)
 

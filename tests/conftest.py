@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,24 @@ SHARED_DATA = Path(os.environ.get("MEDSYMMFLOW_SHARED_DATA", REPO.parent / "shar
 @pytest.fixture(autouse=True)
 def _seed_and_threads() -> None:
     torch.manual_seed(0)
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Run torch on one thread inside the block: tiny networks only lose by a second thread on shared cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """:func:`single_thread` for one test (``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    with single_thread():
+        yield
 
 
 @pytest.fixture

@@ -102,3 +102,23 @@ def test_the_celebamask_bundle_and_its_cpu_recipe_use_the_shared_settings() -> N
             continue
         section, _, sub = key.partition("#")
         assert section in train and (not sub or sub in train[section]), f"configs/celebamask_cpu.json sets {key}, not a bundle key"
+
+
+def _trainers(node: Any) -> list[dict[str, Any]]:
+    """Every config dict below ``node`` that declares a ``key_train_metric``."""
+    if isinstance(node, dict):
+        found = [node] if "key_train_metric" in node else []
+        return found + [t for v in node.values() for t in _trainers(v)]
+    if isinstance(node, list):
+        return [t for v in node for t in _trainers(v)]
+    return []
+
+
+@pytest.mark.parametrize("path", ["configs/train.json", "configs/segmentation_train.json", "bundles/latent/vae_train.json"])
+def test_a_loss_as_the_key_training_metric_counts_lower_as_better(path: str) -> None:
+    # MONAI's default comparison keeps the larger value: an epoch-mean loss would log its worst epoch as the best
+    trainers = _trainers(json.loads((REPO / path).read_text()))
+    assert trainers and all("loss" in next(iter(t["key_train_metric"])) for t in trainers)
+    for trainer in trainers:
+        better = eval(trainer["metric_cmp_fn"].lstrip("$"))  # noqa: S307 - the config's own lambda
+        assert better(0.5, 1.0) and not better(1.0, 0.5)

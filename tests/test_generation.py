@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,15 +35,10 @@ from medsymmflow.metrics import (
 )
 from medsymmflow.networks import SymmFlowMLP, build_network, create_ema
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 
 # ----------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # these networks are tiny: a second thread only adds contention on a shared 2-core machine
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny_unet(image_channels: int, code_channels: int, seed: int = 0) -> nn.Module:

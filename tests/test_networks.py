@@ -17,7 +17,9 @@ from medsymmflow.networks import (
     build_network,
     count_parameters,
     create_ema,
+    predicts_data,
 )
+from medsymmflow.networks.unet import DATA_PREDICTION_MIN_T
 
 
 def _randomize(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -278,10 +280,31 @@ def test_paper_segmentation_preset_is_the_paper_unet_with_coarse_attention() -> 
     assert v_x.shape == (1, 3, 64, 64) and v_y.shape == (1, 19, 64, 64)
 
 
+def test_data_prediction_turns_the_clean_code_into_the_velocity_it_implies() -> None:
+    torch.manual_seed(0)
+    net = _randomize(build_network("tiny", 3, 4, y_prediction="data")).eval()
+    velocity = build_network("tiny", 3, 4).eval()
+    velocity.load_state_dict(net.state_dict())  # the same weights: only the reading of the code channels differs
+    x, y_t, t = torch.randn(3, 3, 16, 16), torch.randn(3, 4, 16, 16), torch.tensor([1.0, 0.5, 1e-5])
+    with torch.no_grad():
+        _, y_hat = velocity(x, y_t, t)  # what the shared UNet puts on the code channels
+        v_x, v_y = net(x, y_t, t)
+        assert torch.equal(v_x, velocity(x, y_t, t)[0])
+    floor = t.clamp_min(DATA_PREDICTION_MIN_T).view(-1, 1, 1, 1)
+    assert torch.allclose(v_y, (y_t - y_hat) / floor, atol=1e-5)
+    # one Euler step from t = 1 to 0 lands on the predicted code: the input noise cancels exactly
+    assert torch.allclose(y_t[0] - v_y[0], y_hat[0], atol=1e-5)
+    assert net.predicts_data and not velocity.predicts_data
+    assert predicts_data(create_ema(net)) and not predicts_data(create_ema(velocity))
+    with pytest.raises(ValueError, match="y_prediction must be one of velocity, data"):
+        build_network("tiny", 3, 4, y_prediction="noise")
+    assert NET_PRESETS["cpu_segmentation"] == {**NET_PRESETS["cpu_patch"], "y_prediction": "data"}
+
+
 def test_build_network_overrides_and_errors() -> None:
     model = build_network("tiny", 1, 1, channels=(4, 8, 8), num_head_channels=4)
     assert tuple(model.unet.block_out_channels) == (4, 8, 8)
-    with pytest.raises(ValueError, match="unknown network preset 'huge'.*cpu, cpu_patch, paper, paper_latent, paper_segmentation, tiny"):
+    with pytest.raises(ValueError, match="unknown network preset 'huge'.*cpu, cpu_patch, cpu_segmentation, paper, paper_latent, paper_segmentation, tiny"):
         build_network("huge", 1, 1)
     with pytest.raises(TypeError, match="unknown SymmFlowUNet argument"):
         build_network("tiny", 1, 1, width=3)

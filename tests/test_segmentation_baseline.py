@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
@@ -16,6 +17,8 @@ from medsymmflow.baselines import (
     build_basic_unet,
     build_segmentation_engines,
     load_segmentation_baseline,
+    load_segmentation_split,
+    load_segmenter,
     majority_class_map,
     score_majority_floor,
     train_segmentation_baseline,
@@ -30,19 +33,12 @@ from medsymmflow.baselines.segmentation import (
 from medsymmflow.data import write_synthetic_segmentation
 from medsymmflow.engines import AtomicCheckpointSaver, TrainingBudget
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CPU = torch.device("cpu")
 NAMES = ["background", "disc", "square", "diamond"]
 TINY = (4, 4, 8, 8, 8, 4)
 SIZE = 32
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two torch threads on a busy 2-core machine run these small convolutions several times slower
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +171,18 @@ def test_run_writes_the_bundles_report_layout_and_a_loadable_segmenter(trained: 
     with torch.inference_mode():
         expected = segment.network(images).argmax(1)
     assert torch.equal(segment(images), expected) and segment(images).shape == (2, SIZE, SIZE)
+    # synthesis#baseline_ckpt takes this file or a TorchScript segmenter, told apart by the archive's code/ folder
+    assert torch.equal(load_segmenter(out / "model.pt")(images), expected)
+    scripted = torch.jit.script(torch.nn.Conv2d(3, 4, 1))
+    scripted.save(str(out / "scripted.pt"))
+    with torch.inference_mode():
+        assert torch.equal(load_segmenter(out / "scripted.pt")(images), scripted(images))
+    with pytest.raises(FileNotFoundError, match="segmenter file not found"):
+        load_segmenter(out / "none.pt")
+
+    test = load_segmentation_split(data_dir, "test", SIZE)
+    assert test.images.dtype == np.uint8 and test.images.shape == (2, SIZE, SIZE, 3) and test.label_maps.shape == (2, SIZE, SIZE)
+    assert test.ids == ids and int(test.label_maps.max()) < 4
 
 
 def test_same_seed_gives_the_same_weights(trained: tuple[dict, Path], data_dir: Path, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import single_thread
 from monai.transforms import Compose
 from torch.utils.data import DataLoader
 from torchmetrics.classification import MulticlassJaccardIndex
@@ -212,6 +213,39 @@ def test_trainer_uses_a_precomputed_code_mask_from_the_transforms() -> None:
         engine.batch_code({**dense, "code": code[:, :1]}, dense["label"], dense["image"])
 
 
+class _OffsetCode(torch.nn.Module):
+    """Predicts the clean code plus a fixed offset (``y_prediction="data"`` style), or that code's velocity."""
+
+    def __init__(self, code: torch.Tensor, offset: float, predicts_data: bool) -> None:
+        super().__init__()
+        self.code, self.offset, self.predicts_data = code, offset, predicts_data
+        self.weight = torch.nn.Parameter(torch.zeros(()))  # the optimizer needs a parameter
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        y_hat = self.code + self.offset + self.weight
+        return torch.zeros_like(x), (y - y_hat) / t.view(-1, 1, 1, 1)
+
+
+def test_a_data_predicting_network_is_trained_on_its_clean_code() -> None:
+    # the y loss of a network that predicts clean codes is MSE(y_hat, y) = offset^2 at every t; read as a
+    # velocity the same error would weigh offset^2 / t^2
+    codebook = ClassCodebook.onehot(3)
+    labels = torch.tensor([[0], [2]])
+    code = codebook.dequantized_code_mask(labels, (8, 8), 0.0, "cpu")
+    batch = {"image": torch.rand(2, 3, 8, 8) * 2 - 1, "label": labels}
+    losses = {}
+    for data in (True, False):
+        net = _OffsetCode(code, 0.25, data)
+        engine = SymmFlowTrainer(
+            device="cpu", max_epochs=1, train_data_loader=[], network=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.0),
+            codebook=codebook, beta=0.0, loss_function=SymmFlowLoss(0.0),
+            time_sampler=lambda n, device=None: torch.tensor([0.5, 0.25]),
+        )
+        losses[data] = float(engine._iteration(engine, batch)["loss"])
+    assert losses[True] == pytest.approx(0.25**2, rel=1e-5)
+    assert losses[False] == pytest.approx(0.25**2 * (4 + 16) / 2, rel=1e-5)
+
+
 def test_class_index_batches_train_as_before() -> None:
     # class indices (B, 1) still give constant code masks from the codebook's own draw, and the loss gets no mask
     codebook = ClassCodebook.onehot(3)
@@ -300,9 +334,7 @@ def trained_segmenter(tmp_path_factory: pytest.TempPathFactory) -> dict:
     write_synthetic_segmentation(root / "train", n=24, size=SIZE, num_classes=CLASSES, seed=0)
     write_synthetic_segmentation(root / "test", n=8, size=SIZE, num_classes=CLASSES, seed=1)
     train, test = _load(root / "train"), _load(root / "test")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny convolutions gain nothing from a second thread on shared cores, and lose much
-    try:
+    with single_thread():
         torch.manual_seed(0)
         codebook = ClassCodebook.onehot(CLASSES)
         net = build_network("tiny", 3, codebook.channels)
@@ -319,8 +351,6 @@ def trained_segmenter(tmp_path_factory: pytest.TempPathFactory) -> dict:
         report = SegmentationReport(root / "report", CLASSES, background=0)
         report.attach(evaluator)
         evaluator.run()
-    finally:
-        torch.set_num_threads(threads)
     return {"iterations": trainer.state.iteration, "results": report.results, "root": root}
 
 

@@ -4,7 +4,6 @@ mask consistency, and ``evaluate_synthesis_checkpoint`` end to end on a tiny unt
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,13 +28,7 @@ from medsymmflow.metrics.synthesis import (
 from medsymmflow.networks import build_network, create_ema
 from medsymmflow.synthesis import SYNTHESIS_METRICS_FILE, evaluate_synthesis, evaluate_synthesis_checkpoint, synthesise
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _features(channels: int = 3, width: int = 8, seed: int = 0) -> nn.Module:

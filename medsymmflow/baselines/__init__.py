@@ -10,6 +10,7 @@ from medsymmflow.baselines.segmentation import (
     build_segmentation_engines,
     load_segmentation_baseline,
     load_segmentation_split,
+    load_segmenter,
     train_segmentation_baseline,
 )
 
@@ -23,6 +24,7 @@ __all__ = [
     "load_resnet_classifier",
     "load_segmentation_baseline",
     "load_segmentation_split",
+    "load_segmenter",
     "majority_class_map",
     "predict_probabilities",
     "score_majority_floor",

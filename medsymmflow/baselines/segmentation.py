@@ -29,11 +29,11 @@ import logging
 import math
 import os
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from ignite.metrics import ConfusionMatrix, MetricsLambda
 from monai.engines import SupervisedEvaluator
@@ -62,6 +62,7 @@ from medsymmflow.baselines.runs import (
     validation_history,
 )
 from medsymmflow.checks import positive_int
+from medsymmflow.data.arrays import SegmentationArrays, segmentation_arrays
 from medsymmflow.data.celebamask import CELEBAMASK_HQ_CLASSES, celebamask_hq_dicts
 from medsymmflow.data.folders import DEFAULT_FRACTIONS as FOLDER_FRACTIONS
 from medsymmflow.data.folders import SPLIT_NAMES
@@ -70,6 +71,7 @@ from medsymmflow.io import load_checkpoint
 from medsymmflow.metrics.segmentation import iou_from_confusion, mean_iou, pixel_accuracy
 from medsymmflow.metrics.synthesis import Segmenter
 from medsymmflow.precision import autocast_context, resolve_autocast
+from medsymmflow.synthesis import torchscript_segmenter
 
 __all__ = [
     "BASIC_UNET_FEATURES",
@@ -84,6 +86,7 @@ __all__ = [
     "build_segmentation_evaluator",
     "load_segmentation_baseline",
     "load_segmentation_split",
+    "load_segmenter",
     "segmentation_dataset",
     "segmentation_transforms",
     "train_segmentation_baseline",
@@ -366,13 +369,12 @@ def load_segmentation_split(
     size: int,
     fractions: Sequence[float] = DEFAULT_FRACTIONS,
     split_seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """uint8 images ``(N, size, size, 3)``, int64 label maps ``(N, size, size)`` and ids of one split, as the baseline sees them."""
-    data = segmentation_dataset(dataset_dir, split, size, fractions, split_seed)
-    items = [data[i] for i in range(len(data))]
-    images = np.stack([((np.asarray(d["image"]) + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8) for d in items])
-    maps = np.stack([np.asarray(d["label"])[0].astype(np.int64) for d in items])
-    return images.transpose(0, 2, 3, 1), maps, [str(d["stem"]) for d in items]
+) -> SegmentationArrays:
+    """One split as the baseline sees it (its evaluation transforms), as uint8 images, label maps and ids."""
+    items = celebamask_hq_dicts(dataset_dir, split, fractions=fractions, seed=split_seed)
+    if not items:
+        raise ValueError(f"the {split} split of {dataset_dir} is empty (fractions {tuple(fractions)})")
+    return segmentation_arrays(items, segmentation_transforms(size, CELEBAMASK_HQ_CLASSES, train=False))
 
 
 def build_segmentation_engines(
@@ -532,6 +534,24 @@ def _result(
         },
         "test": test,
     }
+
+
+def load_segmenter(
+    path: str | os.PathLike, device: str | torch.device = "cpu", autocast: str | torch.dtype | None = None
+) -> Segmenter:
+    """A segmenter file for mask consistency: the baseline's ``model.pt`` (BasicUNet weights) or any TorchScript module.
+
+    TorchScript archives are told apart by their ``code/`` folder; everything else is read as the
+    baseline's weights (:func:`load_segmentation_baseline`, ``weights_only=True``).
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"segmenter file not found: {file}")
+    if zipfile.is_zipfile(file):
+        with zipfile.ZipFile(file) as archive:
+            if any("/code/" in name for name in archive.namelist()):
+                return torchscript_segmenter(file, device)
+    return load_segmentation_baseline(file, device, autocast)
 
 
 def load_segmentation_baseline(

@@ -64,6 +64,18 @@ class SeededEvaluator(Evaluator):
         image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
         return torch.as_tensor(image).float(), label, failed
 
+    @staticmethod
+    def finish_iteration(engine: "SeededEvaluator", batchdata: Any, out: dict[str, Any], failed: list) -> dict[str, Any]:
+        """Add the batch's ``filename`` and ``failed`` records to ``out``, make it ``state.output`` and fire MODEL_COMPLETED."""
+        if isinstance(batchdata, dict) and "file" in batchdata:
+            names = batchdata["file"]
+            out["filename"] = [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
+        if failed:
+            out["failed"] = failed
+        engine.state.output = out
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return out
+
 
 class SymmFlowEvaluator(SeededEvaluator):
     """Runs :class:`SymmFlowClassifier` on each batch and puts decoded predictions in ``state.output``.
@@ -162,11 +174,4 @@ class SymmFlowEvaluator(SeededEvaluator):
             out["label_onehot"] = torch.nn.functional.one_hot(lab, k).float()
         if isinstance(batchdata, dict) and "index" in batchdata:
             out["index"] = torch.as_tensor(batchdata["index"]).reshape(-1)
-        if isinstance(batchdata, dict) and "file" in batchdata:
-            names = batchdata["file"]
-            out["filename"] = [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
-        if failed:
-            out["failed"] = failed
-        engine.state.output = out
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return out
+        return engine.finish_iteration(engine, batchdata, out, failed)

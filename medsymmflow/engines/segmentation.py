@@ -98,11 +98,4 @@ class SymmFlowSegmentationEvaluator(SeededEvaluator):
         if isinstance(batchdata, dict) and "id" in batchdata:
             ids = batchdata["id"]
             out["id"] = [str(i) for i in (ids if isinstance(ids, (list, tuple)) else [ids])]
-        if isinstance(batchdata, dict) and "file" in batchdata:
-            names = batchdata["file"]
-            out["filename"] = [str(n) for n in (names if isinstance(names, (list, tuple)) else [names])]
-        if failed:
-            out["failed"] = failed
-        engine.state.output = out
-        engine.fire_event(IterationEvents.MODEL_COMPLETED)
-        return out
+        return engine.finish_iteration(engine, batchdata, out, failed)

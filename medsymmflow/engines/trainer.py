@@ -14,6 +14,7 @@ from medsymmflow.codes import ClassCodebook, dequantize
 from medsymmflow.flow.loss import SymmFlowLoss, TimeSampler
 from medsymmflow.flow.path import SymmetricPath
 from medsymmflow.networks.latent import LatentCodec, check_codec
+from medsymmflow.networks.unet import predicts_data
 from medsymmflow.precision import autocast_context, resolve_autocast
 
 __all__ = ["SymmFlowTrainer", "check_label_map", "is_label_map"]
@@ -160,10 +161,16 @@ class SymmFlowTrainer(SupervisedTrainer):
         with autocast_context(image.device, engine.autocast_dtype):
             v_x, v_y = engine.network(sample.x_t, sample.y_t, sample.t)
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        pred_y, target_y = v_y.float(), sample.dy_t
+        if predicts_data(engine.network):
+            # the loss on the clean code the network predicts, y_hat = y_t - t * v_y, against the code itself:
+            # the velocity loss weighted by t^2, which stays bounded where v_y = (y_t - y_hat) / t is large
+            t_b = sample.t.float().reshape((-1,) + (1,) * (pred_y.ndim - 1))
+            pred_y, target_y = sample.y_t.float() - t_b * pred_y, code.float()
         if valid is None:
-            loss = engine.loss_function(v_x.float(), v_y.float(), sample.dx_t, sample.dy_t)
+            loss = engine.loss_function(v_x.float(), pred_y, sample.dx_t, target_y)
         else:
-            loss = engine.loss_function(v_x.float(), v_y.float(), sample.dx_t, sample.dy_t, mask=valid)
+            loss = engine.loss_function(v_x.float(), pred_y, sample.dx_t, target_y, mask=valid)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss.item()} at epoch {engine.state.epoch}, iteration {engine.state.iteration}: "

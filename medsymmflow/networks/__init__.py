@@ -16,7 +16,7 @@ from medsymmflow.networks.latent import (
 )
 from medsymmflow.networks.mlp import SymmFlowMLP
 from medsymmflow.networks.presets import NET_PRESETS, build_network, count_parameters
-from medsymmflow.networks.unet import SymmFlowUNet
+from medsymmflow.networks.unet import SymmFlowUNet, predicts_data
 
 __all__ = [
     "NET_PRESETS",
@@ -35,5 +35,6 @@ __all__ = [
     "create_ema",
     "load_vae",
     "measure_scale_factor",
+    "predicts_data",
     "save_vae",
 ]

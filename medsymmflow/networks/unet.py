@@ -25,7 +25,7 @@ from torch import nn
 
 from medsymmflow.checks import positive_int
 
-__all__ = ["SymmFlowUNet"]
+__all__ = ["DATA_PREDICTION_MIN_T", "SymmFlowUNet", "Y_PREDICTIONS", "predicts_data"]
 
 
 def _dropout_pre_hook(module: nn.Module, args: tuple[torch.Tensor, ...], p: float) -> tuple[torch.Tensor, ...]:
@@ -41,6 +41,12 @@ def _as_tuple(value: int | Sequence[int], length: int, name: str) -> tuple[int, 
     if len(values) != length:
         raise ValueError(f"{name} needs one entry per level ({length}), got {len(values)}: {values}")
     return values
+
+
+Y_PREDICTIONS = ("velocity", "data")
+# below this t a data-predicting network's velocity (y_t - y_hat) / t is taken at this t: the quotient
+# stays bounded where y_t and y_hat are both the clean code
+DATA_PREDICTION_MIN_T = 1e-3
 
 
 class SymmFlowUNet(nn.Module):
@@ -70,6 +76,15 @@ class SymmFlowUNet(nn.Module):
             unfolded after it (space-to-depth). 1 (default) keeps full resolution; 2 runs the UNet's
             first level at half the resolution with ``2 ** spatial_dims`` times the input channels,
             which removes the most expensive convolutions at small image sizes.
+        y_prediction: what the UNet's code channels predict. ``"velocity"`` (default, the papers): ``v_y``
+            itself. ``"data"``: the clean code ``y_hat``, turned into the velocity it implies on the path,
+            ``v_y = (y_t - y_hat) / t`` (``t`` floored at :data:`DATA_PREDICTION_MIN_T`); an exact
+            reparametrisation of the same field (the marginal ``E[v_y] = (y_t - E[y]) / t``) in which the
+            noise ``y_t`` carries at ``t = 1`` passes through by construction. A velocity network must
+            copy that noise through its layers to cancel it in ``y_t - v_y``; dense code masks of many
+            channels make that copy the hard part, and a one-step segmentation keeps whatever of it
+            fails as salt-and-pepper pixels (measured on CelebAMask-HQ, docs/results.md).
+            :attr:`predicts_data` tells trainers to take the loss on ``y_hat``.
 
     Replicate padding is the default because the padded border is context only (it is cropped
     away and never supervised): replicating keeps a classification code mask ``y_t`` spatially
@@ -94,6 +109,7 @@ class SymmFlowUNet(nn.Module):
         use_flash_attention: bool = False,
         padding_mode: str = "replicate",
         patch_size: int = 1,
+        y_prediction: str = "velocity",
     ) -> None:
         super().__init__()
         x_channels, y_channels = positive_int(x_channels, "x_channels"), positive_int(y_channels, "y_channels")
@@ -134,6 +150,8 @@ class SymmFlowUNet(nn.Module):
             raise ValueError(f"padding_mode must be 'replicate' or 'constant', got {padding_mode!r}")
 
         patch_size = positive_int(patch_size, "patch_size")
+        if y_prediction not in Y_PREDICTIONS:
+            raise ValueError(f"y_prediction must be one of {', '.join(Y_PREDICTIONS)}, got {y_prediction!r}")
 
         self.x_channels = x_channels
         self.y_channels = y_channels
@@ -143,6 +161,7 @@ class SymmFlowUNet(nn.Module):
         self.time_scale = float(time_scale)
         self.dropout = float(dropout)
         self.padding_mode = padding_mode
+        self.y_prediction = y_prediction
         # each of the (levels - 1) downsamplings halves the size, and the up path must meet the skips
         self.size_multiple = patch_size * 2 ** (levels - 1)
         folded = (x_channels + y_channels) * patch_size**spatial_dims
@@ -210,7 +229,17 @@ class SymmFlowUNet(nn.Module):
             h = h[(slice(None), slice(None)) + tuple(slice(b, b + s) for b, s in zip(starts, size))]
         else:
             h = self._unet(h, t)
-        return h[:, : self.x_channels], h[:, self.x_channels :]
+        v_x, out_y = h[:, : self.x_channels], h[:, self.x_channels :]
+        if self.y_prediction == "data":
+            # in float32 (also under autocast): t near the floor makes the quotient large
+            t_floor = t.float().clamp_min(DATA_PREDICTION_MIN_T).reshape((-1,) + (1,) * (y_t.ndim - 1))
+            return v_x, (y_t.float() - out_y.float()) / t_floor
+        return v_x, out_y
+
+    @property
+    def predicts_data(self) -> bool:
+        """Whether the code channels predict the clean code (``y_prediction="data"``) rather than the velocity."""
+        return self.y_prediction == "data"
 
     def _unet(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The UNet on ``h`` (sizes already a multiple of ``size_multiple``), folding patches around it."""
@@ -220,3 +249,10 @@ class SymmFlowUNet(nn.Module):
         dims = h.ndim - 2
         out = self.unet(pixelunshuffle(h, dims, self.patch_size), timesteps=t * self.time_scale)
         return pixelshuffle(out, dims, self.patch_size)
+
+
+def predicts_data(network: nn.Module) -> bool:
+    """Whether ``network`` (or the module a DDP / EMA wrapper holds) predicts clean codes (``y_prediction="data"``)."""
+    while not hasattr(network, "predicts_data") and isinstance(getattr(network, "module", None), nn.Module):
+        network = network.module
+    return bool(getattr(network, "predicts_data", False))
