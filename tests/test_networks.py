@@ -281,7 +281,8 @@ def test_paper_segmentation_preset_is_the_paper_unet_with_coarse_attention() -> 
 def test_build_network_overrides_and_errors() -> None:
     model = build_network("tiny", 1, 1, channels=(4, 8, 8), num_head_channels=4)
     assert tuple(model.unet.block_out_channels) == (4, 8, 8)
-    with pytest.raises(ValueError, match="unknown network preset 'huge'.*cpu, cpu_patch, paper, paper_latent, paper_segmentation, tiny"):
+    valid = "cpu, cpu_patch, paper, paper_latent, paper_segmentation, sd21, sd21_monai, sd21_tiny, tiny"
+    with pytest.raises(ValueError, match=f"unknown network preset .huge.*{valid}"):
         build_network("huge", 1, 1)
     with pytest.raises(TypeError, match="unknown SymmFlowUNet argument"):
         build_network("tiny", 1, 1, width=3)
