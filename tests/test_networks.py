@@ -304,7 +304,8 @@ def test_data_prediction_turns_the_clean_code_into_the_velocity_it_implies() -> 
 def test_build_network_overrides_and_errors() -> None:
     model = build_network("tiny", 1, 1, channels=(4, 8, 8), num_head_channels=4)
     assert tuple(model.unet.block_out_channels) == (4, 8, 8)
-    with pytest.raises(ValueError, match="unknown network preset 'huge'.*cpu, cpu_patch, cpu_segmentation, paper, paper_latent, paper_segmentation, tiny"):
+    valid = "cpu, cpu_patch, cpu_segmentation, paper, paper_latent, paper_segmentation, sd21, sd21_monai, sd21_tiny, tiny"
+    with pytest.raises(ValueError, match=f"unknown network preset .huge.*{valid}"):
         build_network("huge", 1, 1)
     with pytest.raises(TypeError, match="unknown SymmFlowUNet argument"):
         build_network("tiny", 1, 1, width=3)

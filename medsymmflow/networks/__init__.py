@@ -1,4 +1,4 @@
-"""Velocity networks ``(x_t, y_t, t) -> (v_x, v_y)``: the MONAI UNet wrapper, its presets, an MLP, EMA, the VAE codec."""
+"""Velocity networks ``(x_t, y_t, t) -> (v_x, v_y)``: the MONAI and diffusers UNet wrappers, their presets, an MLP, EMA, the VAE codec."""
 
 from medsymmflow.networks.ema import create_ema
 from medsymmflow.networks.latent import (
@@ -15,24 +15,31 @@ from medsymmflow.networks.latent import (
     save_vae,
 )
 from medsymmflow.networks.mlp import SymmFlowMLP
-from medsymmflow.networks.presets import NET_PRESETS, build_network, count_parameters
+from medsymmflow.networks.presets import NET_PRESETS, NETWORK_CLASSES, build_network, count_parameters
+from medsymmflow.networks.sd_unet import SD21_BASE, SD_TIME_SCALE, SymmFlowSDUNet, UNetLoadError, load_pretrained_unet
 from medsymmflow.networks.unet import SymmFlowUNet, predicts_data
 
 __all__ = [
+    "NETWORK_CLASSES",
     "NET_PRESETS",
+    "SD21_BASE",
     "SD_SCALE_FACTOR",
+    "SD_TIME_SCALE",
     "SD_VAE",
     "VAE_PRESETS",
     "LatentCodec",
     "PresetAutoencoderKL",
     "SymmFlowMLP",
+    "SymmFlowSDUNet",
     "SymmFlowUNet",
+    "UNetLoadError",
     "VAELoadError",
     "build_network",
     "build_vae",
     "check_codec",
     "count_parameters",
     "create_ema",
+    "load_pretrained_unet",
     "load_vae",
     "measure_scale_factor",
     "predicts_data",

@@ -25,7 +25,7 @@ from torch import nn
 
 from medsymmflow.checks import positive_int
 
-__all__ = ["DATA_PREDICTION_MIN_T", "SymmFlowUNet", "Y_PREDICTIONS", "predicts_data"]
+__all__ = ["DATA_PREDICTION_MIN_T", "SymmFlowUNet", "Y_PREDICTIONS", "check_velocity_inputs", "predicts_data"]
 
 
 def _dropout_pre_hook(module: nn.Module, args: tuple[torch.Tensor, ...], p: float) -> tuple[torch.Tensor, ...]:
@@ -41,6 +41,34 @@ def _as_tuple(value: int | Sequence[int], length: int, name: str) -> tuple[int, 
     if len(values) != length:
         raise ValueError(f"{name} needs one entry per level ({length}), got {len(values)}: {values}")
     return values
+
+
+def check_velocity_inputs(
+    x_t: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor | float, x_channels: int, y_channels: int, spatial_dims: int = 2
+) -> torch.Tensor:
+    """Validate a velocity network's ``(x_t, y_t, t)`` and return ``t`` as a (B,) tensor on ``x_t``'s device and dtype."""
+    if not isinstance(x_t, torch.Tensor) or not isinstance(y_t, torch.Tensor):
+        raise TypeError(f"x_t and y_t must be torch tensors, got {type(x_t).__name__}, {type(y_t).__name__}")
+    ndim = spatial_dims + 2
+    for name, v, c in (("x_t", x_t, x_channels), ("y_t", y_t, y_channels)):
+        if v.ndim != ndim:
+            raise ValueError(
+                f"{name} must have shape (B, {c}, {', '.join(['S'] * spatial_dims)}) for "
+                f"spatial_dims={spatial_dims}, got {tuple(v.shape)}"
+            )
+        if v.shape[1] != c:
+            raise ValueError(f"{name} must have {c} channels, got {v.shape[1]} (shape {tuple(v.shape)})")
+    if x_t.shape[0] != y_t.shape[0]:
+        raise ValueError(f"x_t and y_t batch sizes differ: {x_t.shape[0]} vs {y_t.shape[0]}")
+    if x_t.shape[2:] != y_t.shape[2:]:
+        raise ValueError(f"x_t and y_t spatial sizes differ: {tuple(x_t.shape[2:])} vs {tuple(y_t.shape[2:])}")
+    t = torch.as_tensor(t, device=x_t.device, dtype=x_t.dtype)
+    batch = x_t.shape[0]
+    if t.ndim == 0 or (t.ndim == 1 and t.numel() == 1 and batch != 1):
+        t = t.reshape(()).expand(batch)
+    if t.shape != (batch,):
+        raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
+    return t
 
 
 Y_PREDICTIONS = ("velocity", "data")
@@ -186,28 +214,7 @@ class SymmFlowUNet(nn.Module):
 
     def _check_inputs(self, x_t: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Validate shapes and return ``t`` as a (B,) tensor on ``x_t``'s device and dtype."""
-        if not isinstance(x_t, torch.Tensor) or not isinstance(y_t, torch.Tensor):
-            raise TypeError(f"x_t and y_t must be torch tensors, got {type(x_t).__name__}, {type(y_t).__name__}")
-        ndim = self.spatial_dims + 2
-        for name, v, c in (("x_t", x_t, self.x_channels), ("y_t", y_t, self.y_channels)):
-            if v.ndim != ndim:
-                raise ValueError(
-                    f"{name} must have shape (B, {c}, {', '.join(['S'] * self.spatial_dims)}) for "
-                    f"spatial_dims={self.spatial_dims}, got {tuple(v.shape)}"
-                )
-            if v.shape[1] != c:
-                raise ValueError(f"{name} must have {c} channels, got {v.shape[1]} (shape {tuple(v.shape)})")
-        if x_t.shape[0] != y_t.shape[0]:
-            raise ValueError(f"x_t and y_t batch sizes differ: {x_t.shape[0]} vs {y_t.shape[0]}")
-        if x_t.shape[2:] != y_t.shape[2:]:
-            raise ValueError(f"x_t and y_t spatial sizes differ: {tuple(x_t.shape[2:])} vs {tuple(y_t.shape[2:])}")
-        t = torch.as_tensor(t, device=x_t.device, dtype=x_t.dtype)
-        batch = x_t.shape[0]
-        if t.ndim == 0 or (t.ndim == 1 and t.numel() == 1 and batch != 1):
-            t = t.reshape(()).expand(batch)
-        if t.shape != (batch,):
-            raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
-        return t
+        return check_velocity_inputs(x_t, y_t, t, self.x_channels, self.y_channels, self.spatial_dims)
 
     def forward(
         self, x_t: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor | float
