@@ -47,3 +47,17 @@ def test_newest_benchmark_wins_and_tables_need_their_markers(tmp_path: Path) -> 
         results_table.replace_block("no markers here", "table", "README.md")
     with pytest.raises(FileNotFoundError, match="benchmark"):
         results_table.newest_benchmarks(tmp_path / "empty")
+
+
+def test_segmentation_table_equals_the_newest_segmentation_benchmark_json() -> None:
+    # the fixed-width table benchmarks/segmentation.py prints, from its newest JSON in docs/results/
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from segmentation import format_table
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    newest = max((REPO / "docs" / "results").glob("celebamask_hq_segmentation_v*.json"), key=lambda p: int(p.stem.rsplit("_v", 1)[1]))
+    table = format_table(json.loads(newest.read_text()))
+    text = (REPO / "docs" / "results.md").read_text()
+    block = text.split("<!-- segmentation-table:begin -->", 1)[1].split("<!-- segmentation-table:end -->", 1)[0]
+    assert block.strip() == f"```\n{table}\n```" and newest.name in text
