@@ -179,6 +179,7 @@ def test_the_cache_is_built_once_and_training_from_it_never_runs_the_encoder(
     assert torch.all(item["valid_latent"] == 1)  # synthetic maps have no ignored pixels
 
     # training from the cache: latent batches, no encoder call
+    before = calls[0]
     loader = DataLoader(LatentCacheDataset(folder), batch_size=8)
     net = build_network("tiny", 4, 4)
     trainer = SymmFlowTrainer(
@@ -187,7 +188,7 @@ def test_the_cache_is_built_once_and_training_from_it_never_runs_the_encoder(
     )
     trainer.run()
     assert trainer.state.iteration == 4 and torch.isfinite(trainer.state.output["loss"])
-    assert calls[0] == built
+    assert calls[0] == before
 
 
 def test_flipped_pairs_are_encoded_with_their_left_and_right_classes_swapped(data: Path, tmp_path: Path) -> None:
@@ -259,6 +260,13 @@ def test_the_cache_is_rebuilt_when_the_vae_size_or_beta_changes_or_a_file_is_dam
     with pytest.raises(ValueError, match="exists and is no latent cache"):
         cache_latents(train, pairs(16), other, codebook, 6.0, tmp_path / "elsewhere", size=16, **settings)
     assert (stranger / "notes.txt").read_text() == "mine"
+    # in-memory pairs (no files): their content is the fingerprint, a changed array rebuilds
+    memory = [pairs()(p) for p in train[:2]]
+    cache_latents(memory, None, codec, codebook, 6.0, tmp_path / "memory", size=SIZE, **settings)
+    memory[1] = {**memory[1], "image": memory[1]["image"].flip(-1)}
+    cache_messages(caplog)
+    cache_latents(memory, None, codec, codebook, 6.0, tmp_path / "memory", size=SIZE, **settings)
+    assert cache_messages(caplog)[0].endswith("the dataset's pairs (file paths, sizes, modification times or in-memory arrays) changed")
     with pytest.raises(ValueError, match="the latent cache needs a VAE: set --vae"):
         cache_latents(train, pairs(), None, codebook, 6.0, tmp_path, size=SIZE)
 

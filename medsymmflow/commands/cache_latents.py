@@ -52,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
             overrides[key] = value
     try:
         parser.update(overrides)
-        if "latent_cache" not in parser.get("train", {}):
+        parser.parse()
+        if parser.get("train#latent_cache") is None:
             raise ValueError(f"{args.config_file[0]} has no train#latent_cache step: pass a segmentation bundle's train.json")
         if not parser.get("training#latent_cache"):
             raise ValueError("no cache folder: pass --cache_dir DIR or add configs/segmentation_latent.json after the bundle file")

@@ -79,12 +79,15 @@ _KEY_NAMES = {
     "swap": "the flip swap",
     "ignore_index": "the ignore value",
     "num_items": "the number of pairs",
-    "files": "the dataset's files (paths, sizes or modification times)",
+    "files": "the dataset's pairs (file paths, sizes, modification times or in-memory arrays)",
 }
 
 
 def file_fingerprint(data: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("image", "label")) -> str:
-    """A SHA-1 of the path, size and modification time of every file under ``keys`` of every item of ``data``."""
+    """A SHA-1 of the path, size and modification time of every file under ``keys`` of every item of ``data``.
+
+    An item that holds the array itself (in-memory data, e.g. a benchmark's synthetic pairs) adds its bytes instead.
+    """
     digest = hashlib.sha1()
     for item in data:
         for key in keys:
@@ -93,6 +96,10 @@ def file_fingerprint(data: Sequence[Mapping[str, Any]], keys: Sequence[str] = ("
                 path = Path(value).resolve()
                 st = path.stat()
                 digest.update(f"{path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            elif value is not None:
+                array = torch.as_tensor(value).detach().cpu().contiguous()
+                digest.update(f"{key}\0{tuple(array.shape)}\0{array.dtype}\n".encode())
+                digest.update(array.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
