@@ -68,6 +68,15 @@ def pairs(size: int = SIZE) -> Compose:
     ])
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():  # noqa: ANN201 - a generator fixture
+    """One torch thread: tiny convolutions only lose from a second thread on shared cores (as the bundle runs below)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 synthetic 32 px pairs: 32 train / 4 val / 4 test."""
