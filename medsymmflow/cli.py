@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("medsymmflow.commands.sample", "class-conditional sampling: PNGs per class and a montage"),
     "export": ("medsymmflow.commands.export", "TorchScript classifier (image -> class, scores, uncertainty) from a checkpoint"),
     "prepare": ("medsymmflow.commands.prepare", "turn a dataset's official release into image / label-map folders"),
+    "cache-latents": ("medsymmflow.commands.cache_latents", "encode a latent segmentation bundle's training split once (the latent cache)"),
 }
 
 

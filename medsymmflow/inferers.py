@@ -11,8 +11,10 @@ All three integrate the same network with :class:`~medsymmflow.flow.SymmFlowSolv
   code mask is a class's constant code or a label map's code mask (semantic image synthesis).
 
 For Latent MedSymmFlow the classifier takes the image's latent and a ``decode`` callable that maps the
-predicted code latents back to code masks (``LatentCodec.decode_image``); the sampler takes a ``codec``,
-encodes the code mask, integrates in latent space and decodes the generated image.
+predicted code latents back to code masks (``LatentCodec.decode_image``); the segmenter takes a ``codec``,
+encodes the image, integrates in latent space and decodes the predicted code latent to a pixel code mask
+before the per-pixel decision; the sampler takes a ``codec``, encodes the code mask, integrates in latent
+space and decodes the generated image.
 """
 
 from __future__ import annotations
@@ -166,7 +168,13 @@ class SymmFlowClassifier(_ReverseInferer):
 
 
 class SymmFlowSegmenter(_ReverseInferer):
-    """Image -> per-pixel class map and distance map with ``steps`` reverse ODE steps (25 by default)."""
+    """Image -> per-pixel class map and distance map with ``steps`` reverse ODE steps (25 by default).
+
+    With a ``codec`` (Latent MedSymmFlow) the image is encoded to a posterior sample of its latent
+    (:meth:`encode`), the flow runs on latents, and the draw-averaged predicted code latent is decoded to
+    a code mask of the image's size before every pixel takes its nearest class code: labels and
+    uncertainty maps are per pixel at the image's resolution, as in pixel space.
+    """
 
     def __init__(
         self,
@@ -175,8 +183,25 @@ class SymmFlowSegmenter(_ReverseInferer):
         method: str = "euler",
         num_draws: int = 1,
         autocast: str | torch.dtype | None = None,
+        codec: LatentCodec | None = None,
     ) -> None:
-        super().__init__(codebook, steps=steps, method=method, num_draws=num_draws, decision="pixel", autocast=autocast)
+        codec = check_codec(codec, codebook)
+        super().__init__(
+            codebook, steps=steps, method=method, num_draws=num_draws, decision="pixel", autocast=autocast,
+            code_channels=None if codec is None else codec.latent_channels,
+        )
+        self.codec = codec
+
+    def encode(self, inputs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The flow's image state for ``inputs`` (B, C, H, W): a posterior sample of the latent with a codec, the image itself without."""
+        _check_image(inputs)
+        return inputs if self.codec is None else self.codec.encode_image(inputs, generator=generator)
+
+    def noise_shape(self, inputs: torch.Tensor, code_shape: tuple[int, ...] | None = None) -> tuple[int, ...]:
+        """Shape of the label noise for images ``inputs`` (B, C, *spatial); with a codec it lies on the latent grid."""
+        if self.codec is not None and code_shape is None:
+            code_shape = self.codec.latent_shape(inputs.shape[2:])
+        return super().noise_shape(inputs, code_shape)
 
     def __call__(  # type: ignore[override]
         self,
@@ -184,13 +209,19 @@ class SymmFlowSegmenter(_ReverseInferer):
         network: Callable[..., Any],
         generator: torch.Generator | None = None,
         noise: torch.Tensor | None = None,
+        encoded: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return ``(labels (B, *spatial), distance to the chosen code (B, *spatial))``.
+        """Return ``(labels (B, *spatial), distance to the chosen code (B, *spatial))`` for images ``inputs``.
 
         ``noise``: the label noise at t=1 (shape :meth:`noise_shape`) instead of a draw from ``generator``, so
-        that several step counts can start from the same noise.
+        that several step counts can start from the same noise; ``encoded``: :meth:`encode` of ``inputs``
+        drawn once for all of them (with a codec; drawn from ``generator`` when not given).
         """
-        out = self.codebook.decode(self.predict_code(inputs, network, generator, noise=noise).mean(0), "pixel")
+        x = self.encode(inputs, generator) if encoded is None else encoded
+        code = self.predict_code(x, network, generator, code_shape=tuple(x.shape[2:]), noise=noise).mean(0)
+        if self.codec is not None:
+            code = self.codec.decode_image(code, channels=self.codebook.channels).float()
+        out = self.codebook.decode(code, "pixel")
         return out.labels, out.uncertainty
 
 

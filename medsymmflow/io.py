@@ -122,7 +122,8 @@ class RunInfo:
     """What a checkpoint was trained on; loading a checkpoint of another dataset, codebook or VAE fails clearly.
 
     ``vae`` is optional: ``"none"`` for a pixel-space run, the :attr:`LatentCodec.identity` of a latent
-    one; checkpoints written before it existed count as ``"none"``. Other extra keys are stored, not checked.
+    one; checkpoints written before it existed count as ``"none"``. Other extra keys are stored, not checked;
+    one given as None is left out (a bundle's ``vae_source`` of a pixel-space run).
     """
 
     KEYS = ("flag", "num_classes", "code_kind", "image_channels", "code_channels", "size", "net_preset")
@@ -133,7 +134,7 @@ class RunInfo:
         if missing:
             raise ValueError(f"RunInfo needs {', '.join(missing)}")
         info = self.OPTIONAL | {k: v for k, v in info.items() if not (k in self.OPTIONAL and v is None)}
-        self.info = {k: info[k] for k in self.KEYS} | {k: v for k, v in info.items() if k not in self.KEYS}
+        self.info = {k: info[k] for k in self.KEYS} | {k: v for k, v in info.items() if k not in self.KEYS and v is not None}
 
     def state_dict(self) -> dict[str, Any]:
         """The run identity as plain values (safe for ``torch.load(weights_only=True)``)."""

@@ -158,6 +158,7 @@ SEGMENTATION_RULES: dict[str, Callable[[Any, str], Any]] = {
     "beta": positive_float,
     "segment": boolean,
     "synthesise": boolean,
+    "training#latent_mask_draws": positive_int,
     "evaluation#split": _choice(MEDMNIST_SPLITS),
     "evaluation#steps": _step_counts,
     "evaluation#method": _choice(tuple(FIXED_STEP_METHODS)),

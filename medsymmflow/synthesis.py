@@ -137,15 +137,17 @@ def synthesise(
 
 
 def network_segmenter(
-    network: Callable[..., Any], codebook: ClassCodebook, steps: int = 1, method: str = "euler", seed: int = 0
+    network: Callable[..., Any], codebook: ClassCodebook, steps: int = 1, method: str = "euler", seed: int = 0,
+    codec: LatentCodec | None = None,
 ) -> Segmenter:
     """The network itself as a segmenter (:class:`~medsymmflow.inferers.SymmFlowSegmenter`): float images -> label maps ``(B, H, W)``.
 
     Its label noise comes from one generator seeded with ``seed``, so a fresh segmenter repeats its maps.
+    With the ``codec`` of a latent network the images are encoded and the predicted mask latents decoded.
     """
     from medsymmflow.inferers import SymmFlowSegmenter
 
-    segmenter = SymmFlowSegmenter(codebook, steps=steps, method=method)
+    segmenter = SymmFlowSegmenter(codebook, steps=steps, method=method, codec=codec)
     device = _network_device(network)
     generator = torch.Generator(device=device).manual_seed(int(seed))
 
@@ -314,7 +316,7 @@ def evaluate_synthesis_checkpoint(
     feature_extractor: nn.Module | None = None,
     device: str | torch.device = "cpu",
     beta: float | None = None,
-    vae: str | os.PathLike | None = None,
+    vae: str | os.PathLike | LatentCodec | None = None,
     output_dir: str | os.PathLike | None = None,
     generator: LoadedGenerator | None = None,
     progress: bool = True,
@@ -341,7 +343,7 @@ def evaluate_synthesis_checkpoint(
         raise ValueError(f"label maps are {tuple(maps.shape[1:])} px but checkpoint {ckpt} was trained at {gen.size} px")
     all_segmenters = dict(segmenters or {})
     for k in self_segmenter_steps:
-        all_segmenters[f"medsymmflow_{int(k)}step"] = network_segmenter(gen.network, gen.codebook, steps=int(k))
+        all_segmenters[f"medsymmflow_{int(k)}step"] = network_segmenter(gen.network, gen.codebook, steps=int(k), codec=gen.codec)
     out_dir = Path(output_dir) if output_dir else default_samples_dir(ckpt)
     report = evaluate_synthesis(
         gen.network, gen.codebook, gen.image_channels, maps, real_images, segmenters=all_segmenters, beta=beta,
@@ -379,6 +381,7 @@ def synthesise_label_map_files(
     ignore_index: int | None = 255,
     skipped: Sequence[str] = (),
     progress: bool = True,
+    vae: str | os.PathLike | LatentCodec | None = None,
 ) -> dict[str, Any]:
     """Images synthesised from label-map files with a bundle checkpoint; failures named, not fatal for the others.
 
@@ -388,12 +391,12 @@ def synthesise_label_map_files(
     and ``<stem>_mask.png`` (the map in the codebook's colours) into ``output_dir`` and lists them, the failures
     and ``skipped`` (non-image files of the input folders) in ``syntheses.json`` and returns that report;
     :func:`raise_for_synthesis_failures` then ends a run with one error naming the failed files, if any.
-    ``beta=None`` takes the checkpoint's.
+    ``beta=None`` takes the checkpoint's; ``vae``: the VAE of a latent checkpoint (default: the one it names).
     """
     from medsymmflow.checks import available_device
 
     available_device(device, "device")
-    gen = load_generator(ckpt, device=device)
+    gen = load_generator(ckpt, device=device, vae=vae)
     beta = float(gen.run_info.get("beta", 0.0)) if beta is None else float(beta)
     failed, maps, names = [], [], []
     for item in items:

@@ -1,6 +1,6 @@
 """Datasets and samplers: MedMNIST 2-D (through the medmnist package), synthetic MedMNIST files, samplers,
-and segmentation folders (CelebAMask-HQ, COCO-Stuff: image / label-map pairs for MONAI datasets, and a split
-as stacked arrays for the synthesis metrics).
+segmentation folders (CelebAMask-HQ, COCO-Stuff: image / label-map pairs for MONAI datasets, and a split
+as stacked arrays for the synthesis metrics), and the latent cache of a split's VAE latents.
 
 Importing this package does not import medmnist (it creates ~/.medmnist on import); it is imported
 when a flag is first looked up.
@@ -50,6 +50,13 @@ from medsymmflow.data.folders import (
     split_ids,
     write_splits_file,
 )
+from medsymmflow.data.latent_cache import (
+    LATENT_CACHE_FORMAT,
+    LatentCacheDataset,
+    cache_latents,
+    latent_cache_key,
+    segmentation_training_dataset,
+)
 from medsymmflow.data.medmnist import (
     MEDMNIST_SIZES,
     MEDMNIST_SPLITS,
@@ -86,6 +93,8 @@ __all__ = [
     "SPLITS_FILE",
     "SPLIT_NAMES",
     "IMAGE_SUFFIXES",
+    "LATENT_CACHE_FORMAT",
+    "LatentCacheDataset",
     "ImageFileDataset",
     "ImageFiles",
     "MEDMNIST_SIZES",
@@ -94,6 +103,7 @@ __all__ = [
     "MedMNISTDataset",
     "SegmentationArrays",
     "batch_augment",
+    "cache_latents",
     "canonical_flag",
     "celebamask_hq_dicts",
     "check_label_values",
@@ -106,6 +116,7 @@ __all__ = [
     "distributed_world",
     "find_image_files",
     "image_file_dicts",
+    "latent_cache_key",
     "list_image_files",
     "load_medmnist",
     "make_sampler",
@@ -122,6 +133,7 @@ __all__ = [
     "read_splits_file",
     "remap_label_values",
     "segmentation_arrays",
+    "segmentation_training_dataset",
     "select_split",
     "split_ids",
     "supported_flags",

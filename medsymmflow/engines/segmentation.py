@@ -23,7 +23,8 @@ class SymmFlowSegmentationEvaluator(SeededEvaluator):
     One pass over the data evaluates every step count: each batch draws its label noise once (from the
     generator :class:`~medsymmflow.engines.evaluator.SeededEvaluator` re-seeds with ``seed`` when the evaluation
     starts) and every step count integrates from that same noise, so the step counts differ only in their
-    integration. ``steps`` defaults to the inferer's own.
+    integration. ``steps`` defaults to the inferer's own. With a latent segmenter (its ``codec``) the image's
+    latent is drawn once per batch as well, and predictions and uncertainty maps are per pixel of the image.
 
     ``state.output`` keys: ``image``; ``label`` (B, 1, *spatial) int64 class maps when the batch has labels;
     ``valid`` (B, 1, *spatial) when the batch has ``valid_key`` (1 = labelled pixel); ``steps`` (the step
@@ -71,8 +72,10 @@ class SymmFlowSegmentationEvaluator(SeededEvaluator):
         preds, maps = {}, {}
         engine.network.eval()
         with torch.no_grad():
+            # one image latent per batch too (a posterior sample with a codec), shared by every step count
+            encoded = engine.inferer.encode(image, engine.generator)
             for s in engine.steps:
-                preds[s], maps[s] = engine.segmenters[s](image, engine.network, noise=noise)
+                preds[s], maps[s] = engine.segmenters[s](image, engine.network, noise=noise, encoded=encoded)
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         first = engine.steps[0]
         out: dict[str, Any] = {

@@ -52,7 +52,16 @@ class SymmFlowTrainer(SupervisedTrainer):
     With a ``codec`` (:class:`~medsymmflow.networks.LatentCodec`, Latent MedSymmFlow) the image is
     replaced by a posterior sample of its VAE latent and the full-resolution dequantized code mask by
     its posterior mode before the path is sampled, so the network learns the flow between latents
-    (``x_channels = y_channels = codec.latent_channels``).
+    (``x_channels = y_channels = codec.latent_channels``). A valid-pixel mask then goes to the latent
+    grid by :meth:`~medsymmflow.networks.LatentCodec.encode_valid` (a latent cell counts only when all
+    the pixels under it are labelled; ignored pixels enter the encoder as the fixed code 0).
+
+    A batch from the latent cache (:class:`~medsymmflow.data.LatentCacheDataset`) carries the latents
+    instead of pixels: ``image_latent`` / ``image_latent_std`` (the image's scaled posterior mean and
+    standard deviation; each iteration draws a fresh sample from them), ``code_latent`` (an encoded
+    dequantized code mask) and, with ignored pixels, ``valid_latent`` (the latent-grid valid mask). The
+    VAE encoder is not run for such a batch and it needs no ``label``; ``batch_augment`` (a pixel-space
+    augmentation) cannot apply to it and is refused.
     """
 
     def __init__(
@@ -76,6 +85,7 @@ class SymmFlowTrainer(SupervisedTrainer):
         ignore_index: int | None = None,
         code_key: str = "code",
         valid_key: str = "valid",
+        image_latent_key: str = "image_latent",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -104,6 +114,7 @@ class SymmFlowTrainer(SupervisedTrainer):
         self.codec = check_codec(codec, codebook)
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.code_key, self.valid_key = code_key, valid_key
+        self.image_latent_key = image_latent_key
 
     def code_targets(self, labels: torch.Tensor, spatial_size: Sequence[int], device: torch.device) -> torch.Tensor:
         """Dequantized code masks ``(B, C_y, *spatial)`` for class indices ``(B,)`` or label maps ``(B, 1, *spatial)``."""
@@ -135,24 +146,53 @@ class SymmFlowTrainer(SupervisedTrainer):
             )
         return code
 
+    def cached_latents(self, batchdata: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """``(image latent sample, code latent, latent valid mask or None)`` of a latent-cache batch; the encoder is not run."""
+        if self.batch_augment is not None:
+            raise ValueError("batch_augment works on pixels and cannot apply to cached latents: drop it or train without the latent cache")
+        device = self.state.device
+        key = self.image_latent_key
+        missing = [k for k in (f"{key}_std", "code_latent") if k not in batchdata]
+        if missing:
+            raise ValueError(f"a latent-cache batch with '{key}' must also hold {missing} (see medsymmflow.data.LatentCacheDataset)")
+        mean = torch.as_tensor(batchdata[key]).to(device=device, dtype=torch.float32)
+        std = torch.as_tensor(batchdata[f"{key}_std"]).to(device=device, dtype=torch.float32)
+        code = torch.as_tensor(batchdata["code_latent"]).to(device=device, dtype=torch.float32)
+        if mean.ndim != 4 or std.shape != mean.shape or code.shape != mean.shape:
+            raise ValueError(
+                f"cached latents must share one shape (B, C, h, w): '{key}' {tuple(mean.shape)}, "
+                f"'{key}_std' {tuple(std.shape)}, 'code_latent' {tuple(code.shape)}"
+            )
+        valid = batchdata.get("valid_latent")
+        if valid is not None:
+            valid = torch.as_tensor(valid).to(device=device, dtype=torch.float32)
+            if tuple(valid.shape) != (mean.shape[0], 1, *mean.shape[2:]):
+                raise ValueError(f"'valid_latent' must have shape {(mean.shape[0], 1, *mean.shape[2:])}, got {tuple(valid.shape)}")
+        # a fresh posterior sample every iteration, from torch's RNG that EpochSeedHandler re-seeds per epoch
+        return mean + std * torch.randn_like(mean), code, valid
+
     def _iteration(self, engine: "SymmFlowTrainer", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
-        image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
-        if label is None:
-            raise ValueError("SymmFlowTrainer needs a 'label' in every batch")
-        image = torch.as_tensor(image).float()
-        if engine.batch_augment is not None:
-            image = engine.batch_augment(image)
-        code = engine.batch_code(batchdata, label, image)
-        valid = engine.valid_mask(batchdata, label, image.device)
-        engine.state.output = {Keys.IMAGE: image, Keys.LABEL: label}
-        if valid is not None and engine.codec is not None:
-            raise ValueError("valid-pixel masks are not supported in latent space yet: train segmentation without a codec")
-        if engine.codec is not None:
-            with torch.no_grad():
-                image = engine.codec.encode_image(image)
-                code = engine.codec.encode_mask(code)
+        if isinstance(batchdata, dict) and engine.image_latent_key in batchdata:
+            image, code, valid = engine.cached_latents(batchdata)
+            engine.state.output = {Keys.IMAGE: image, Keys.LABEL: batchdata.get(Keys.LABEL)}
+        else:
+            image, label = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[:2]
+            if label is None:
+                raise ValueError("SymmFlowTrainer needs a 'label' in every batch")
+            image = torch.as_tensor(image).float()
+            if engine.batch_augment is not None:
+                image = engine.batch_augment(image)
+            code = engine.batch_code(batchdata, label, image)
+            valid = engine.valid_mask(batchdata, label, image.device)
+            engine.state.output = {Keys.IMAGE: image, Keys.LABEL: label}
+            if engine.codec is not None:
+                with torch.no_grad():
+                    image = engine.codec.encode_image(image)
+                    code = engine.codec.encode_mask(code)
+                    if valid is not None:
+                        valid = engine.codec.encode_valid(valid)
         t = engine.time_sampler(image.shape[0], device=image.device)
         sample = engine.path.sample(image, code, t)
 

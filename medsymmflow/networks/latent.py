@@ -48,6 +48,7 @@ __all__ = [
     "VAELoadError",
     "build_vae",
     "check_codec",
+    "flow_channels",
     "load_vae",
     "match_vae_channels",
     "measure_scale_factor",
@@ -263,6 +264,28 @@ class LatentCodec(nn.Module):
             z = mean + std * torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         return z * self.scale_factor
 
+    def image_posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images ``(B, C, H, W)`` -> the scaled posterior ``(mean, std)``: ``mean + std * N(0, 1)`` is an :meth:`encode_image` sample.
+
+        The latent cache stores these two, so every epoch still draws a fresh posterior sample without the encoder.
+        """
+        _, mean, std = self._posterior(self._to_vae_input(x, "image"))
+        return mean * self.scale_factor, std * self.scale_factor
+
+    def encode_valid(self, valid: torch.Tensor) -> torch.Tensor:
+        """Valid-pixel masks ``(B, 1, H, W)`` (1 = labelled) -> latent-grid masks ``(B, 1, H/f, W/f)``: the min over each ``f x f`` block.
+
+        A latent cell counts only when every pixel it stands for is labelled: a cell over an ignored pixel
+        encodes the fixed code those pixels get (0, see ``ClassCodebook.label_map_to_code_mask``), not a
+        class, so its loss would teach the network that code.
+        """
+        if not isinstance(valid, torch.Tensor) or valid.ndim != 4 or valid.shape[1] != 1:
+            shape = tuple(valid.shape) if isinstance(valid, torch.Tensor) else type(valid).__name__
+            raise ValueError(f"valid-pixel masks must have shape (B, 1, H, W), got {shape}")
+        self.latent_shape(valid.shape[2:])
+        f = self.downsample
+        return -torch.nn.functional.max_pool2d(-valid.float(), kernel_size=f, stride=f)
+
     def encode_mask(self, y: torch.Tensor) -> torch.Tensor:
         """Code masks ``(B, C, H, W)`` -> scaled posterior modes ``(B, latent_channels, H/f, W/f)``."""
         dist, mean, _ = self._posterior(self._to_vae_input(y, "code mask"))
@@ -300,6 +323,13 @@ def check_codec(codec: Any, codebook: Any) -> LatentCodec | None:
         raise TypeError(f"codec must be a LatentCodec (see medsymmflow.networks.load_vae) or None, got {type(codec).__name__}")
     codec.check_codebook(codebook)
     return codec
+
+
+def flow_channels(image_channels: int, code_channels: int, codec: LatentCodec | None = None) -> tuple[int, int]:
+    """``(x_channels, y_channels)`` of the flow network: the image's and the code's, or the VAE's latent channels twice."""
+    if codec is None:
+        return int(image_channels), int(code_channels)
+    return codec.latent_channels, codec.latent_channels
 
 
 def match_vae_channels(x: torch.Tensor, channels: int, name: str) -> torch.Tensor:

@@ -34,6 +34,7 @@ __all__ = [
     "FlipSwapd",
     "LoadLabelMapd",
     "RandFlipSwapd",
+    "RandLatentDrawd",
     "RemapLabelsd",
     "ResizeShortSided",
     "ValidPixelMaskd",
@@ -506,3 +507,38 @@ class ValidPixelMaskd(MapTransform):
             d[out_key] = self.masker(d[key])
         return d
 
+
+
+class RandLatentDrawd(RandomizableTransform, MapTransform):
+    """Pick one orientation and one mask draw of a latent-cache item (:class:`~medsymmflow.data.LatentCacheDataset`).
+
+    A cached item holds ``(O, ...)`` tensors under ``keys`` (O = 1, or 2 with the flipped pair) and
+    ``(O, D, ...)`` under ``draw_keys`` (D dequantized mask encodings); each call draws the orientation
+    and the draw uniformly (a flip with probability 1/2 when both are cached), reproducibly through
+    ``set_random_state``. Keys absent from the item are skipped.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = ("image_latent", "image_latent_std", "valid_latent"),
+        draw_keys: KeysCollection = ("code_latent",),
+    ) -> None:
+        MapTransform.__init__(self, tuple(ensure_tuple(keys)) + tuple(ensure_tuple(draw_keys)), allow_missing_keys=True)
+        RandomizableTransform.__init__(self, prob=1.0)
+        self.draw_keys = set(ensure_tuple(draw_keys))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """The item with every key reduced to the chosen orientation (and draw)."""
+        d = dict(data)
+        present = list(self.key_iterator(d))
+        if not present:
+            return d
+        orientations = {int(d[k].shape[0]) for k in present}
+        draws = {int(d[k].shape[1]) for k in present if k in self.draw_keys}
+        if len(orientations) != 1 or len(draws) > 1:
+            raise ValueError(f"the latent-cache keys disagree in orientations or draws: {({k: tuple(d[k].shape) for k in present})}")
+        o = int(self.R.randint(orientations.pop()))
+        j = int(self.R.randint(draws.pop())) if draws else 0
+        for key in present:
+            d[key] = d[key][o][j] if key in self.draw_keys else d[key][o]
+        return d
