@@ -64,7 +64,7 @@ from medsymmflow.data.medmnist import (
     read_medmnist_npz,
     supported_flags,
 )
-from medsymmflow.data.sampling import class_balanced_weights, distributed_world, make_sampler
+from medsymmflow.data.sampling import class_balanced_weights, distributed_world, evaluation_sampler, make_sampler
 from medsymmflow.data.synthetic import (
     synthetic_class_templates,
     synthetic_segmentation_colours,
@@ -104,6 +104,7 @@ __all__ = [
     "cocostuff_to_classes",
     "collate_image_files",
     "distributed_world",
+    "evaluation_sampler",
     "find_image_files",
     "image_file_dicts",
     "list_image_files",
