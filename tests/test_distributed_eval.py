@@ -10,6 +10,7 @@ untrained tiny networks on the same synthetic data: only equality matters, not a
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import socket
 from collections.abc import Iterator
@@ -131,7 +132,10 @@ def _evaluate(data: Path, out: Path) -> dict[str, Any]:
 def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # a short timeout: a collective that only one rank enters fails the test instead of hanging it
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
+    )
     try:
         result = _evaluate(Path(data), Path(out))
         from medsymmflow.engines.distributed import evaluation_shards
@@ -143,6 +147,13 @@ def _worker(rank: int, world: int, port: int, data: str, out: str) -> None:
         except ValueError as err:
             refused = str(err)
         result["padding_refused"] = refused
+        if rank == 0:  # what rank 0 computes alone (the synthesis metrics) must not wait for the other rank
+            from medsymmflow.metrics.synthesis import fid_kid_of_features
+
+            g = torch.Generator().manual_seed(0)
+            scores = fid_kid_of_features(torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g), kid_subsets=2)
+            result["fid_alone"] = float(scores["fid"])
+        dist.barrier()
         (Path(out).parent / f"rank{rank}.json").write_text(json.dumps(result))
     finally:
         dist.destroy_process_group()
@@ -193,6 +204,7 @@ def test_two_ranks_evaluate_disjoint_shards_and_reach_the_single_process_metrics
     by_steps = single["results"]["by_steps"]["1"]
     assert by_steps["num_images"] == N and by_steps["labelled_pixels"] == N * SIZE * SIZE
     assert "pads the shards with repeated samples (6 for 5)" in ranks[0]["padding_refused"]
+    assert ranks[0]["fid_alone"] >= 0.0
 
 
 @pytest.mark.slow

@@ -108,7 +108,11 @@ class SegmentationMetrics:
             raise ValueError(f"background={background} is not one of the classes 0..{self.num_classes - 1}")
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.background = None if background is None else int(background)
-        self._jaccard = MulticlassJaccardIndex(self.num_classes, average="none", ignore_index=self.ignore_index)
+        # sync_on_compute=False: torchmetrics would sync inside compute() whenever a process group exists, so an
+        # evaluation that one rank runs alone would wait for the others; a sharded split is summed by sync()
+        self._jaccard = MulticlassJaccardIndex(
+            self.num_classes, average="none", ignore_index=self.ignore_index, sync_on_compute=False
+        )
         self.reset()
 
     def reset(self) -> None:
@@ -177,9 +181,8 @@ class SegmentationMetrics:
         reduced with the state's ``dist_reduce_fx``, a sum), on ``device`` (the current GPU for NCCL); the
         per-image rows are replaced by ``gather(rows)``, which must return every rank's rows in the split's
         order (:func:`medsymmflow.engines.distributed.gather_in_order`). Every rank must call it; :meth:`reset`
-        starts a new local accumulation. (torchmetrics would also sync inside ``MulticlassJaccardIndex.compute``
-        whenever a process group exists; :meth:`compute` reads the state directly, so an evaluation that one
-        rank runs alone never waits for the others.)
+        starts a new local accumulation. Nothing else syncs: the torchmetrics state is built with
+        ``sync_on_compute=False``, so an evaluation that one rank runs alone never waits for the others.
         """
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise RuntimeError("SegmentationMetrics.sync needs an initialised torch.distributed process group")
