@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassJaccardIndex
 from medsymmflow.codes import CELEBAMASK_HQ_COLOURS, ClassCodebook, beta_to_amplitude
 from medsymmflow.data import CELEBAMASK_HQ_CLASSES, celebamask_hq_dicts, read_label_map, write_synthetic_segmentation
 from medsymmflow.engines import SegmentationReport, SymmFlowSegmentationEvaluator, SymmFlowTrainer
+from medsymmflow.engines.evaluator import sample_seed
 from medsymmflow.flow.loss import SymmFlowLoss, TimeSampler
 from medsymmflow.inferers import SymmFlowSegmenter
 from medsymmflow.metrics import SegmentationMetrics, image_uncertainty, iou_from_confusion
@@ -280,8 +281,9 @@ def test_evaluator_runs_every_step_count_from_one_noise_draw(tmp_path: Path) -> 
     evaluator.run()
     out = evaluator.state.output
     assert out["steps"] == [1, 3] and set(out["preds"]) == {1, 3} and out["preds"][1].shape == (2, 8, 8)
-    # the 1-step prediction is the plain segmenter's from the evaluator's seeded noise
-    noise = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(7))
+    # the 1-step prediction is the plain segmenter's from the evaluator's noise: each image's from its own
+    # generator, seeded with the seed and the image's position in the split
+    noise = torch.stack([torch.randn((3, 8, 8), generator=torch.Generator().manual_seed(sample_seed(7, i))) for i in range(2)])
     with torch.no_grad():
         alone, dist = SymmFlowSegmenter(codebook, steps=1)(batch["image"], net, noise=noise)
         three, _ = SymmFlowSegmenter(codebook, steps=3)(batch["image"], net, noise=noise)

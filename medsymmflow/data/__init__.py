@@ -71,7 +71,7 @@ from medsymmflow.data.medmnist import (
     read_medmnist_npz,
     supported_flags,
 )
-from medsymmflow.data.sampling import class_balanced_weights, distributed_world, make_sampler
+from medsymmflow.data.sampling import class_balanced_weights, distributed_world, evaluation_sampler, make_sampler
 from medsymmflow.data.synthetic import (
     synthetic_class_templates,
     synthetic_segmentation_colours,
@@ -114,6 +114,7 @@ __all__ = [
     "cocostuff_to_classes",
     "collate_image_files",
     "distributed_world",
+    "evaluation_sampler",
     "find_image_files",
     "image_file_dicts",
     "latent_cache_key",

@@ -1,4 +1,4 @@
-"""Seeded samplers for training, with optional class balancing and torch.distributed support.
+"""Seeded samplers for training, with optional class balancing and torch.distributed support, and the evaluation shards.
 
 Class balancing draws every class equally often (with replacement), which helped SymmFlow on the
 imbalanced PneumoniaMNIST. Under DDP each rank must draw from its own shard of the data, so the
@@ -10,7 +10,7 @@ engines call every epoch).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Sequence, Sized
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ from torch.utils.data import RandomSampler, Sampler, WeightedRandomSampler
 
 from medsymmflow.checks import positive_int
 
-__all__ = ["class_balanced_weights", "distributed_world", "make_sampler"]
+__all__ = ["class_balanced_weights", "distributed_world", "evaluation_sampler", "make_sampler"]
 
 
 def _as_label_vector(labels: torch.Tensor | np.ndarray | Sequence[int]) -> torch.Tensor:
@@ -118,3 +118,21 @@ def make_sampler(
     if num_samples is not None:
         raise ValueError("num_samples is only supported with balanced=True under torch.distributed")
     return DistributedSampler(indices, num_replicas=num_replicas, rank=rank, shuffle=True, seed=int(seed))
+
+
+def evaluation_sampler(dataset: Sized) -> Sampler[int] | None:
+    """The sampler of an evaluation DataLoader: under torch.distributed each rank's disjoint shard of ``dataset``, else None.
+
+    ``None`` leaves the DataLoader's own order (one process sees the whole split). With an initialised
+    process group of W > 1 processes it is MONAI's ``DistributedSampler(even_divisible=False, shuffle=False)``:
+    rank r gets samples r, r + W, r + 2W, ... and no sample twice (torch's DistributedSampler would pad the
+    last shard by repeating samples, which would count them twice in the metrics).
+    """
+    world = distributed_world()
+    if world is None:
+        return None
+    if len(dataset) < world[0]:
+        raise ValueError(f"{len(dataset)} evaluation samples cannot be shared by {world[0]} processes: run fewer processes")
+    from monai.data import DistributedSampler
+
+    return DistributedSampler(dataset, even_divisible=False, num_replicas=world[0], rank=world[1], shuffle=False)

@@ -1,6 +1,7 @@
 """Ignite/MONAI engines: the SymmFlow trainer, the evaluator, the VAE trainer and the handlers the bundles wire in."""
 
 from medsymmflow.engines.autoencoder import AutoencoderTrainer, VAEExport, kl_divergence
+from medsymmflow.engines.distributed import is_main_process, wait_for_every_rank
 from medsymmflow.engines.evaluator import SymmFlowEvaluator
 from medsymmflow.engines.handlers import (
     AtomicCheckpointSaver,
@@ -36,6 +37,8 @@ __all__ = [
     "SymmFlowTrainer",
     "TrainingBudget",
     "VAEExport",
+    "is_main_process",
     "kl_divergence",
     "resume_checkpoint",
+    "wait_for_every_rank",
 ]

@@ -1,10 +1,11 @@
-"""SymmFlow evaluation engine: classifies every batch ``num_runs`` times with a seeded generator."""
+"""SymmFlow evaluation engines: the seeded base, and the classifier that classifies every batch ``num_runs`` times."""
 
 from __future__ import annotations
 
 import functools
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from ignite.engine import Events
 from monai.engines import Evaluator
@@ -13,10 +14,20 @@ from monai.utils import CommonKeys as Keys
 
 from medsymmflow.checks import positive_float, positive_int
 from medsymmflow.codes import decision_scores
+from medsymmflow.engines.distributed import evaluation_shards
 from medsymmflow.inferers import SymmFlowClassifier
 from medsymmflow.networks.latent import LatentCodec, check_codec
 
-__all__ = ["SeededEvaluator", "SymmFlowEvaluator"]
+__all__ = ["SeededEvaluator", "SymmFlowEvaluator", "sample_seed"]
+
+
+def sample_seed(seed: int, position: int, stream: int = 0) -> int:
+    """The seed of one sample's noise generator: a hash of the evaluation ``seed``, the sample's ``position`` in the split and a ``stream`` number.
+
+    numpy's ``SeedSequence`` mixes the three, so neighbouring positions get unrelated streams.
+    """
+    words = [int(seed) & 0xFFFFFFFFFFFFFFFF, int(position), int(stream)]
+    return int(np.random.SeedSequence(words).generate_state(1, np.uint64)[0])
 
 
 class SeededEvaluator(Evaluator):
@@ -25,6 +36,12 @@ class SeededEvaluator(Evaluator):
     The generator (on ``device``) is re-seeded with ``seed`` at the start of every evaluation, so a run is
     reproducible and does not consume the training RNG stream. Batches are not decollated: the subclass's
     ``_iteration`` writes batch-first tensors to ``state.output``.
+
+    Under torch.distributed :attr:`shards` (set when the evaluation starts, see
+    :func:`~medsymmflow.engines.distributed.evaluation_shards`) says which shard of the split this rank
+    evaluates. :meth:`sample_positions` numbers the samples in the split's order and :meth:`sample_noise`
+    draws each sample's noise from its own generator seeded with ``seed`` and that position, so a sample
+    gets the same noise whatever batches or ranks the split is cut into.
     """
 
     def __init__(
@@ -50,7 +67,35 @@ class SeededEvaluator(Evaluator):
         self.inferer = inferer
         self.seed = int(seed)
         self.generator = torch.Generator(device=torch.device(device))
-        self.add_event_handler(Events.STARTED, lambda engine: engine.generator.manual_seed(engine.seed))
+        self.shards: tuple[int, int] | None = None
+        self._samples_seen = 0
+        self._sample_generator = torch.Generator(device=torch.device(device))
+        self.add_event_handler(Events.STARTED, SeededEvaluator._start)
+
+    @staticmethod
+    def _start(engine: "SeededEvaluator") -> None:
+        engine.generator.manual_seed(engine.seed)
+        engine.shards = evaluation_shards(engine.data_loader)
+        engine._samples_seen = 0
+
+    def sample_positions(self, count: int) -> list[int]:
+        """The positions in the split's order of this rank's next ``count`` samples, which are then counted as seen."""
+        world, rank = self.shards or (1, 0)
+        start, self._samples_seen = self._samples_seen, self._samples_seen + int(count)
+        return [(start + i) * world + rank for i in range(int(count))]
+
+    def sample_noise(self, shape: Sequence[int], positions: Sequence[int], stream: int = 0) -> torch.Tensor:
+        """``(len(positions), *shape)`` standard normal noise: each sample's from a generator seeded by :func:`sample_seed`."""
+        g = self._sample_generator
+        return torch.stack(
+            [torch.randn(tuple(shape), generator=g.manual_seed(sample_seed(self.seed, p, stream)), device=g.device) for p in positions]
+        )
+
+    def label_noise(self, inputs: torch.Tensor, positions: Sequence[int], stream: int = 0) -> torch.Tensor:
+        """The inferer's label noise for ``inputs`` (shape ``inferer.noise_shape``, draw-major), each sample's from :meth:`sample_noise`."""
+        shape = tuple(self.inferer.noise_shape(inputs))
+        draws = shape[0] // inputs.shape[0]
+        return self.sample_noise((draws, *shape[1:]), positions, stream).transpose(0, 1).reshape(shape)
 
     @staticmethod
     def read_batch(engine: "SeededEvaluator", batchdata: Any) -> tuple[torch.Tensor | None, Any, list]:
@@ -91,13 +136,17 @@ class SymmFlowEvaluator(SeededEvaluator):
     ``filename`` when it has a ``file`` key (the inference bundle copies each image's path there), and
     ``failed`` when the batch carries failure records of unreadable files (see
     :class:`~medsymmflow.data.ImageFileDataset`); a batch of failures only gives ``{"failed": [...]}``.
-    The noise generator is re-seeded with ``seed`` at the start of every evaluation (:class:`SeededEvaluator`).
+    ``noise="batch"`` draws the label noise of every batch from the evaluation's generator (re-seeded with
+    ``seed`` when it starts; what the exported classifier of :mod:`medsymmflow.deploy` reproduces for one
+    batch); ``noise="sample"`` gives each sample's noise of run j its own generator, seeded with ``seed``, the
+    sample's position in the split and j (:meth:`SeededEvaluator.sample_noise`), so that it does not depend
+    on the batch size or on how many processes share the split (the evaluation workflows use it).
 
     With a ``codec`` (Latent MedSymmFlow) every run encodes the image to a posterior sample of its
-    latent, the inferer predicts code latents (its ``code_channels`` must be the codec's latent
-    channels) and they are decoded to code masks of the codebook's channel count before the
-    distances are taken; ``code_mean`` (B, C) then holds the first run's decoded code, averaged over
-    space.
+    latent (drawn batch by batch from the evaluation's generator, re-seeded with ``seed`` when it starts),
+    the inferer predicts code latents (its ``code_channels`` must be the codec's latent channels) and
+    they are decoded to code masks of the codebook's channel count before the distances are taken;
+    ``code_mean`` (B, C) then holds the first run's decoded code, averaged over space.
     """
 
     def __init__(
@@ -113,10 +162,13 @@ class SymmFlowEvaluator(SeededEvaluator):
         prepare_batch: Callable = default_prepare_batch,
         val_handlers: Sequence | None = None,
         codec: LatentCodec | None = None,
+        noise: str = "batch",
         **kwargs: Any,
     ) -> None:
         super().__init__(device, val_data_loader, network, inferer, seed, prepare_batch, val_handlers, **kwargs)
         positive_int(num_runs, "num_runs")
+        if noise not in ("batch", "sample"):
+            raise ValueError(f"noise must be 'batch' or 'sample', got {noise!r}")
         positive_float(temperature, "temperature")
         inferer.codebook.check_score(score)
         if check_codec(codec, inferer.codebook) is not None:
@@ -129,25 +181,34 @@ class SymmFlowEvaluator(SeededEvaluator):
         self.num_runs = int(num_runs)
         self.temperature = float(temperature)
         self.score = score
+        self.noise = noise
+
+    def _label_noise(self, inputs: torch.Tensor, positions: Sequence[int], run: int) -> torch.Tensor | None:
+        # None: the inferer draws from the generator, as the exported classifier (medsymmflow.deploy) does
+        return self.label_noise(inputs, positions, run) if self.noise == "sample" else None
 
     def _iteration(self, engine: "SymmFlowEvaluator", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         image, label, failed = engine.read_batch(engine, batchdata)
         if image is None:
+            engine.sample_positions(len(failed))
             engine.state.output = {"failed": failed}
             return engine.state.output
+        positions = engine.sample_positions(image.shape[0] + len(failed))[: image.shape[0]]
         engine.network.eval()
         with torch.no_grad():
             if engine.codec is None:
-                runs = [engine.inferer(image, engine.network, generator=engine.generator) for _ in range(engine.num_runs)]
+                runs = [
+                    engine.inferer(image, engine.network, generator=engine.generator, noise=engine._label_noise(image, positions, run))
+                    for run in range(engine.num_runs)
+                ]
             else:
                 decode = functools.partial(engine.codec.decode_image, channels=engine.inferer.codebook.channels)
-                runs = [
-                    engine.inferer(
-                        engine.codec.encode_image(image, generator=engine.generator), engine.network,
-                        generator=engine.generator, decode=decode,
-                    )
-                    for _ in range(engine.num_runs)
-                ]
+                runs = []
+                for run in range(engine.num_runs):
+                    # the VAE posterior sample still comes from the evaluation's one generator, batch by batch
+                    latent = engine.codec.encode_image(image, generator=engine.generator)
+                    noise = engine._label_noise(latent, positions, run)
+                    runs.append(engine.inferer(latent, engine.network, generator=engine.generator, decode=decode, noise=noise))
             mode = [engine.inferer.codebook.decode(r.code, "mode") for r in runs]
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         codebook = engine.inferer.codebook

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 from ignite.engine import Engine, Events
 
+from medsymmflow.engines.distributed import gather_tensor_in_order, is_main_process
 from medsymmflow.io import atomic_write
 from medsymmflow.metrics.classification import mean_two_sigma, medmnist_metrics, probabilities, torchmetrics_metrics
 from medsymmflow.metrics.uncertainty import draw_spread
@@ -61,6 +62,10 @@ class ClassificationReport(EvaluationReport):
     see :class:`medsymmflow.baselines.engines.SoftmaxOutputs`) gives ``scores``, ``preds`` and
     ``uncertainty`` but no ``distances``: its table then has no distance, mode or spread columns.
     ``metrics_file=None`` writes no metrics file (``results`` still holds what it would hold).
+    Under a sharded torch.distributed evaluation (the evaluator's ``shards``, see
+    :mod:`medsymmflow.engines.distributed`) the rows of every rank are gathered in the split's order before
+    the metrics are taken, so every rank's ``results`` and ``state.metrics`` are the whole split's; only
+    rank 0 writes the files.
     """
 
     def __init__(
@@ -97,23 +102,25 @@ class ClassificationReport(EvaluationReport):
             if key in out:
                 self._rows.setdefault(key, []).append(torch.as_tensor(out[key]).detach().cpu())
 
-    def _cat(self, key: str, dim: int) -> torch.Tensor | None:
+    def _cat(self, key: str, dim: int, shards: tuple[int, int] | None = None) -> torch.Tensor | None:
         parts = self._rows.get(key)
-        return None if not parts else torch.cat(parts, dim=dim)
+        local = None if not parts else torch.cat(parts, dim=dim)
+        return local if local is None else gather_tensor_in_order(local, dim, shards)
 
     def _write(self, engine: Engine) -> None:
-        labels = self._cat("label", 0)
+        shards = getattr(engine, "shards", None)  # a sharded evaluation: every rank's rows, in the split's order
+        labels = self._cat("label", 0, shards)
         if labels is None:
             raise ValueError("ClassificationReport needs labelled data: the evaluator produced no 'label'")
-        distances = self._cat("distances", 1)  # (runs, N, K); a plain classifier gives none
-        scores = self._cat("scores", 1)  # (runs, N, K) when the evaluator scores the classes itself
+        distances = self._cat("distances", 1, shards)  # (runs, N, K); a plain classifier gives none
+        scores = self._cat("scores", 1, shards)  # (runs, N, K) when the evaluator scores the classes itself
         if distances is None and scores is None:
             raise ValueError("ClassificationReport needs per-class 'scores' or 'distances' from the evaluator")
-        preds = self._cat("preds", 1)  # (runs, N): the classes the evaluator's decision chose
-        uncertainty = self._cat("uncertainty", 1)
-        draws = self._cat("draw_distances", 2)  # (runs, R, N, K)
-        pred_mode, unc_mode = self._cat("pred_mode", 1), self._cat("uncertainty_mode", 1)
-        index = self._cat("index", 0)
+        preds = self._cat("preds", 1, shards)  # (runs, N): the classes the evaluator's decision chose
+        uncertainty = self._cat("uncertainty", 1, shards)
+        draws = self._cat("draw_distances", 2, shards)  # (runs, R, N, K)
+        pred_mode, unc_mode = self._cat("pred_mode", 1, shards), self._cat("uncertainty_mode", 1, shards)
+        index = self._cat("index", 0, shards)
         num_runs, n, k = (distances if distances is not None else scores).shape
         index = torch.arange(n) if index is None else index
 
@@ -146,6 +153,8 @@ class ClassificationReport(EvaluationReport):
         for source, metrics in summary.items():
             for name, value in metrics.items():
                 engine.state.metrics[f"{self.prefix}{source}_{name}"] = value["mean"]
+        if not is_main_process():  # every rank holds the split's numbers; one writes them
+            return
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if self.metrics_file is not None:
             atomic_write(self.output_dir / self.metrics_file, json.dumps(self.results, indent=2) + "\n")

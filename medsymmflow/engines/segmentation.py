@@ -20,17 +20,20 @@ __all__ = ["SymmFlowSegmentationEvaluator"]
 class SymmFlowSegmentationEvaluator(SeededEvaluator):
     """Runs a :class:`SymmFlowSegmenter` at each of ``steps`` (e.g. ``[1, 5, 25]``) Euler step counts per batch.
 
-    One pass over the data evaluates every step count: each batch draws its label noise once (from the
-    generator :class:`~medsymmflow.engines.evaluator.SeededEvaluator` re-seeds with ``seed`` when the evaluation
-    starts) and every step count integrates from that same noise, so the step counts differ only in their
-    integration. ``steps`` defaults to the inferer's own. With a latent segmenter (its ``codec``) the image's
-    latent is drawn once per batch as well, and predictions and uncertainty maps are per pixel of the image.
+    One pass over the data evaluates every step count: each image's label noise is drawn once (from its own
+    generator, seeded with ``seed`` and the image's position in the split:
+    :meth:`~medsymmflow.engines.evaluator.SeededEvaluator.sample_noise`, so it does not depend on the batch
+    size or on how many processes share the split) and every step count integrates from that same noise, so
+    the step counts differ only in their integration. ``steps`` defaults to the inferer's own. With a latent segmenter (its
+    ``codec``) the image's latent is drawn once per batch as well, and predictions and uncertainty maps are per
+    pixel of the image.
 
     ``state.output`` keys: ``image``; ``label`` (B, 1, *spatial) int64 class maps when the batch has labels;
     ``valid`` (B, 1, *spatial) when the batch has ``valid_key`` (1 = labelled pixel); ``steps`` (the step
     counts); ``preds`` / ``uncertainty_maps``: step count -> (B, *spatial) predicted classes / distance of each
     pixel's code to its nearest class code; ``pred`` / ``uncertainty_map``: those of the first step count;
-    ``id`` (a list) when the batch has one; ``filename`` (a list) when it has ``file`` (inference on image files);
+    ``position``: each image's position in the split's order (:meth:`sample_positions`); ``id`` (a list) when the
+    batch has one; ``filename`` (a list) when it has ``file`` (inference on image files);
     ``failed`` when the batch carries failure records of unreadable files
     (:class:`~medsymmflow.data.ImageFileDataset`), and a batch of failures only gives ``{"failed": [...]}``.
     :class:`~medsymmflow.engines.SegmentationReport` turns them into the split's metrics,
@@ -66,9 +69,12 @@ class SymmFlowSegmentationEvaluator(SeededEvaluator):
     def _iteration(self, engine: "SymmFlowSegmentationEvaluator", batchdata: dict[str, torch.Tensor]) -> dict:  # type: ignore[override]
         image, label, failed = engine.read_batch(engine, batchdata)
         if image is None:
+            engine.sample_positions(len(failed))
             engine.state.output = {"failed": failed}
             return engine.state.output
-        noise = torch.randn(engine.inferer.noise_shape(image), generator=engine.generator, device=image.device)
+        # the readable images take the batch's first positions, its unreadable files the rest
+        positions = engine.sample_positions(image.shape[0] + len(failed))[: image.shape[0]]
+        noise = engine.label_noise(image, positions)
         preds, maps = {}, {}
         engine.network.eval()
         with torch.no_grad():
@@ -85,6 +91,7 @@ class SymmFlowSegmentationEvaluator(SeededEvaluator):
             "uncertainty_maps": maps,
             Keys.PRED: preds[first],
             "uncertainty_map": maps[first],
+            "position": positions,
         }
         if label is not None:
             lab = torch.as_tensor(label)

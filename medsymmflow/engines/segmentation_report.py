@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any, Sequence
 
 from ignite.engine import Engine, Events
 
+from medsymmflow.engines.distributed import collective_device, gather_in_order, is_main_process
 from medsymmflow.engines.report import EvaluationReport
 from medsymmflow.metrics.segmentation import SegmentationMetrics
 from medsymmflow.reports.segmentation import (
@@ -34,6 +36,11 @@ class SegmentationReport(EvaluationReport):
     ``engine.state.metrics[f"{prefix}miou_{s}steps"]``, ``..._miou_no_background_{s}steps`` and
     ``..._pixel_accuracy_{s}steps`` for every step count ``s`` (e.g. for a checkpoint saver on validation mIoU).
     ``background``: the class left out of ``miou_no_background`` (``None``: no background class).
+
+    Under a sharded torch.distributed evaluation (the evaluator's ``shards``, see
+    :mod:`medsymmflow.engines.distributed`) every rank accumulates its shard, then the confusion matrices are
+    summed and the per-image rows gathered in the split's order (:meth:`SegmentationMetrics.sync`), so every
+    rank's ``state.metrics`` are the whole split's; only rank 0 writes the files.
     """
 
     # at the end of the (single) epoch, not at COMPLETED: a checkpoint saver, StatsHandler and TensorBoard
@@ -79,9 +86,25 @@ class SegmentationReport(EvaluationReport):
             metric = self._metrics.setdefault(int(s), SegmentationMetrics(self.num_classes, self.ignore_index, self.background))
             metric.update(pred, out["label"], out["uncertainty_maps"][s], out.get("valid"))
         batch = int(out["label"].shape[0])
-        self._ids.extend(out.get("id") or [str(len(self._ids) + i) for i in range(batch)])
+        positions = out.get("position") or range(len(self._ids), len(self._ids) + batch)
+        self._ids.extend(out.get("id") or [str(p) for p in positions])
+
+    def _gather(self, engine: Engine) -> None:
+        """Under a sharded evaluation: make every rank's accumulators the whole split's (confusion matrices summed, rows gathered)."""
+        shards = getattr(engine, "shards", None)
+        if shards is None:
+            return
+        # a rank whose shard gave no batch has no accumulators yet: the others' step counts, in their order
+        seen = [s for part in gather_in_order([list(self._metrics)], shards) for s in part]
+        for s in dict.fromkeys(seen):
+            self._metrics.setdefault(s, SegmentationMetrics(self.num_classes, self.ignore_index, self.background))
+        gather = functools.partial(gather_in_order, shards=shards)
+        for s in dict.fromkeys(seen):
+            self._metrics[s].sync(gather, collective_device())
+        self._ids = gather(self._ids)
 
     def _write(self, engine: Engine) -> None:
+        self._gather(engine)
         if not self._metrics:
             raise ValueError("SegmentationReport saw no batches: the evaluation split is empty")
         by_steps = {s: m.compute() for s, m in self._metrics.items()}
@@ -89,6 +112,8 @@ class SegmentationReport(EvaluationReport):
         for s, r in by_steps.items():
             for name in ("miou", "miou_no_background", "pixel_accuracy"):
                 engine.state.metrics[f"{self.prefix}{name}_{s}steps"] = r[name]
+        if not is_main_process():  # every rank holds the split's numbers; one writes them
+            return
         write_segmentation_report(
             self.output_dir, self.results, {s: m.per_image for s, m in self._metrics.items()}, self._ids, **self.files
         )

@@ -15,6 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from medsymmflow.codes import ClassCodebook
+from medsymmflow.engines.distributed import gather_in_order, is_main_process
 from medsymmflow.generation import write_png
 from medsymmflow.io import atomic_write, to_uint8_images
 from medsymmflow.synthesis import colour_label_maps
@@ -37,6 +38,13 @@ class SegmentationWriter:
     from there on the pixel may be nearer another class's code). Files that could not be read (``failed``
     records) are listed under ``failed`` and ``skipped`` names non-image files of the input folders;
     :meth:`raise_for_failures`, called after the run, ends it with one error naming the failed files.
+
+    ``<stem>`` is the input file's stem (``_1``, ``_2``, ... added when two inputs share one), else the image's
+    ``id``, else its position in the split. ``files``: every input file in the order the loader reads them;
+    the stems are then given in that order, so that under a sharded torch.distributed run (see
+    :mod:`medsymmflow.engines.distributed`, each rank writing its shard's PNGs) two inputs with one stem get
+    the names one process gives them; such a run refuses file inputs without it. The listing is gathered
+    from every rank and written by rank 0.
     """
 
     def __init__(
@@ -47,6 +55,7 @@ class SegmentationWriter:
         alpha: float = 0.5,
         ignore_index: int | None = 255,
         skipped: Sequence[str] | None = None,
+        files: Sequence[str] | None = None,
     ) -> None:
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
@@ -60,7 +69,9 @@ class SegmentationWriter:
         self.skipped = [str(f) for f in skipped or []]
         self.rows: list[dict[str, Any]] = []
         self.failed: list[dict[str, str]] = []
+        self.files = None if files is None else [str(f) for f in files]
         self._stems: set[str] = set()
+        self._file_stems: dict[str, str] = {}
 
     def attach(self, engine: Engine) -> None:
         """Write at every iteration, list the files at completion."""
@@ -70,10 +81,11 @@ class SegmentationWriter:
 
     def _reset(self, engine: Engine) -> None:
         self.rows, self.failed, self._stems = [], [], set()
+        self._file_stems = {f: self._stem(f) for f in self.files or []}
 
-    def _stem(self, name: str) -> str:
+    def _stem(self, name: str, base: str | None = None) -> str:
         # two inputs with one stem (a/x.png, b/x.jpg) must not overwrite each other's outputs
-        base = Path(name).stem
+        base = Path(name).stem if base is None else base
         stem, k = base, 1
         while stem in self._stems:
             stem, k = f"{base}_{k}", k + 1
@@ -94,10 +106,8 @@ class SegmentationWriter:
         overlays = np.rint((1.0 - self.alpha) * images + self.alpha * colours).astype(np.uint8)
         scale = self.codebook.min_distance / 2.0
         unc = (dist / scale).clamp(0, 1).mul(255).round().to(torch.uint8).numpy()
-        names = out.get("filename") or [str(len(self.rows) + i) for i in range(pred.shape[0])]
         steps = int(out["steps"][0]) if "steps" in out else None
-        for i, name in enumerate(names):
-            stem = self._stem(name)
+        for i, (name, stem) in enumerate(self._names(engine, out, pred.shape[0])):
             files = {
                 "label_map": write_png(self.output_dir / "label_maps" / f"{stem}.png", pred[i].numpy().astype(np.uint8)[..., None]),
                 "overlay": write_png(self.output_dir / "overlays" / f"{stem}.png", overlays[i]),
@@ -112,7 +122,29 @@ class SegmentationWriter:
                 **{k: str(v) for k, v in files.items()},
             })
 
+    def _names(self, engine: Engine, out: dict[str, Any], count: int) -> list[tuple[str, str]]:
+        """``(name, stem)`` of each image of the batch: its file, else its id, else its position in the split."""
+        if out.get("filename"):
+            names = [str(n) for n in out["filename"]]
+            if getattr(engine, "shards", None) is not None and not all(n in self._file_stems for n in names):
+                raise ValueError(
+                    "SegmentationWriter under torch.distributed needs files= (every input file, in order) so that "
+                    "the ranks name their PNGs alike; missing: " + ", ".join(n for n in names if n not in self._file_stems)
+                )
+            return [(n, self._file_stems.get(n) or self._stem(n)) for n in names]
+        keys = out.get("id") or [str(p) for p in out.get("position") or range(len(self.rows), len(self.rows) + count)]
+        return [(str(k), self._stem(str(k), base=str(k))) for k in keys]
+
     def _write(self, engine: Engine) -> None:
+        # a sharded run: every rank's rows (input order when files= is given) and failures, on every rank
+        shards = getattr(engine, "shards", None)
+        self.rows, self.failed = gather_in_order(self.rows, shards), gather_in_order(self.failed, shards)
+        if self.files is not None:
+            order = {f: i for i, f in enumerate(self.files)}
+            self.rows.sort(key=lambda r: order.get(r["file"], len(order)))
+            self.failed.sort(key=lambda r: order.get(r["file"], len(order)))
+        if not is_main_process():
+            return
         if not self.rows:
             if self.failed:  # raise_for_failures reports them
                 return
@@ -153,7 +185,8 @@ class SegmentationMontage:
     Reads a :class:`~medsymmflow.engines.SymmFlowSegmentationEvaluator`'s ``image``, ``label``, ``preds`` and
     ``uncertainty_maps``; label maps in the codebook's colours (ignored pixels white), the uncertainty of the
     first step count in grey (white = half the smallest code distance or more, as :class:`SegmentationWriter`).
-    Tiles are ``pad`` white pixels apart; the PNG is written when the epoch completes.
+    Tiles are ``pad`` white pixels apart; the PNG is written when the epoch completes (under a sharded
+    torch.distributed evaluation by rank 0, from the first rows of the split gathered from every rank).
     """
 
     def __init__(
@@ -183,7 +216,9 @@ class SegmentationMontage:
             self._tiles.append([images[i], truth[i], *(p[i] for p in preds), np.repeat(grey[i][..., None], 3, axis=-1)])
 
     def _write(self, engine: Engine) -> None:
-        if not self._tiles:
+        # a sharded evaluation: every rank's first rows, back in the split's order; rank 0 draws the first of them
+        self._tiles = gather_in_order(self._tiles, getattr(engine, "shards", None))[: self.rows]
+        if not self._tiles or not is_main_process():
             return
         h, w = self._tiles[0][0].shape[:2]
         cols, rows, pad = len(self._tiles[0]), len(self._tiles), self.pad

@@ -26,7 +26,7 @@ larger on the errors).
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
@@ -108,15 +108,20 @@ class SegmentationMetrics:
             raise ValueError(f"background={background} is not one of the classes 0..{self.num_classes - 1}")
         self.ignore_index = None if ignore_index is None else int(ignore_index)
         self.background = None if background is None else int(background)
-        self._jaccard = MulticlassJaccardIndex(self.num_classes, average="none", ignore_index=self.ignore_index)
+        # sync_on_compute=False: torchmetrics would sync inside compute() whenever a process group exists, so an
+        # evaluation that one rank runs alone would wait for the others; a sharded split is summed by sync()
+        self._jaccard = MulticlassJaccardIndex(
+            self.num_classes, average="none", ignore_index=self.ignore_index, sync_on_compute=False
+        )
         self.reset()
 
     def reset(self) -> None:
         """Forget everything accumulated."""
         self._jaccard.reset()
-        self._unc_sum = {"correct": 0.0, "wrong": 0.0}
-        self._unc_count = {"correct": 0, "wrong": 0}
         self.per_image: list[dict[str, float]] = []
+        # per image: (distance sum, pixel count) over its correct and its wrong labelled pixels; summed with
+        # math.fsum in compute, so the totals do not depend on how the split was cut into batches or ranks
+        self._pixel_uncertainty: list[tuple[float, int, float, int]] = []
 
     def _flat_target(self, pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         if target.shape != pred.shape:
@@ -151,22 +156,41 @@ class SegmentationMetrics:
                 u = u[:, 0]
             if u.shape != pred.shape:
                 raise ValueError(f"uncertainty map {tuple(u.shape)} and prediction {tuple(pred.shape)} differ in shape")
-            unc = image_uncertainty(u)
             wrong = labelled & ~correct
-            self._unc_sum["correct"] += float(u[correct].sum())
-            self._unc_sum["wrong"] += float(u[wrong].sum())
-            self._unc_count["correct"] += int(correct.sum())
-            self._unc_count["wrong"] += int(wrong.sum())
+            # one image at a time: a reduction over a batch may round differently from one over a single image
+            unc = [float(u[i].mean()) for i in range(u.shape[0])]
+            self._pixel_uncertainty.extend(
+                (float(u[i][correct[i]].sum()), int(correct[i].sum()), float(u[i][wrong[i]].sum()), int(wrong[i].sum()))
+                for i in range(u.shape[0])
+            )
         for i in range(pred.shape[0]):
             row = {"pixel_accuracy": float(accuracy[i]) if counts[i] > 0 else math.nan, "labelled_pixels": int(counts[i])}
             if unc is not None:
-                row["uncertainty"] = float(unc[i])
+                row["uncertainty"] = unc[i]
             self.per_image.append(row)
 
     @property
     def confusion_matrix(self) -> torch.Tensor:
         """The split's ``(K, K)`` confusion matrix so far (rows = target class), int64."""
         return self._jaccard.confmat.clone()
+
+    def sync(self, gather: Callable[[list], list], device: torch.device | str = "cpu") -> None:
+        """Turn this rank's accumulator into the whole split's, under an initialised torch.distributed process group.
+
+        The confusion matrix is synced by torchmetrics itself (``Metric.sync``: every rank's state gathered and
+        reduced with the state's ``dist_reduce_fx``, a sum), on ``device`` (the current GPU for NCCL); the
+        per-image rows are replaced by ``gather(rows)``, which must return every rank's rows in the split's
+        order (:func:`medsymmflow.engines.distributed.gather_in_order`). Every rank must call it; :meth:`reset`
+        starts a new local accumulation. Nothing else syncs: the torchmetrics state is built with
+        ``sync_on_compute=False``, so an evaluation that one rank runs alone never waits for the others.
+        """
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            raise RuntimeError("SegmentationMetrics.sync needs an initialised torch.distributed process group")
+        self._jaccard.to(device)
+        self._jaccard.sync(distributed_available=lambda: True)
+        self._jaccard.to("cpu")
+        self.per_image = gather(self.per_image)
+        self._pixel_uncertainty = gather(self._pixel_uncertainty)
 
     def compute(self) -> dict[str, Any]:
         """mIoU (all classes, without background, the authors' ignore-background rule), per-class IoU, pixel accuracy, uncertainty."""
@@ -184,13 +208,11 @@ class SegmentationMetrics:
             "num_images": len(self.per_image),
         }
         if self.per_image and "uncertainty" in self.per_image[0]:
-            per_image = torch.tensor([r["uncertainty"] for r in self.per_image], dtype=torch.float64)
+            sums = [math.fsum(column) for column in zip(*self._pixel_uncertainty)] or [0.0, 0, 0.0, 0]
             out["uncertainty"] = {
-                "image_mean": float(per_image.mean()),
-                **{
-                    f"{k}_pixels": self._unc_sum[k] / self._unc_count[k] if self._unc_count[k] else None
-                    for k in ("correct", "wrong")
-                },
+                "image_mean": math.fsum(r["uncertainty"] for r in self.per_image) / len(self.per_image),
+                "correct_pixels": sums[0] / sums[1] if sums[1] else None,
+                "wrong_pixels": sums[2] / sums[3] if sums[3] else None,
             }
         return out
 

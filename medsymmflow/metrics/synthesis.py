@@ -119,11 +119,14 @@ def fid_kid_of_features(
     if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
         raise ValueError(f"features must be (N, d) of one width, got {tuple(real.shape)} and {tuple(fake.shape)}")
     size = kid_subset_size_for(real.shape[0], fake.shape[0], kid_subset_size)
-    fid = FrechetInceptionDistance(feature=_Passthrough(real.shape[1]))
+    # one process holds every sample (rank 0 alone under torchrun): compute must not wait for the other ranks,
+    # as torchmetrics does by default whenever a process group exists
+    fid = FrechetInceptionDistance(feature=_Passthrough(real.shape[1]), sync_on_compute=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "will save all extracted features": that is the point here
         kid = KernelInceptionDistance(
-            feature=_Passthrough(real.shape[1]), subsets=_positive(kid_subsets, "kid_subsets"), subset_size=size
+            feature=_Passthrough(real.shape[1]), subsets=_positive(kid_subsets, "kid_subsets"), subset_size=size,
+            sync_on_compute=False,
         )
     for metric in (fid, kid):
         metric.update(real, real=True)
@@ -345,7 +348,7 @@ def lpips_diversity(samples: np.ndarray | torch.Tensor, net: str = "alex", batch
 
     samples = _grouped_samples(samples, "samples")
     _require_lpips_weights(net)
-    metric = LearnedPerceptualImagePatchSimilarity(net_type=net, reduction="none").eval()
+    metric = LearnedPerceptualImagePatchSimilarity(net_type=net, reduction="none", sync_on_compute=False).eval()
 
     def score(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if a.shape[1] == 1:
@@ -416,7 +419,7 @@ def mask_consistency(
     valid = maps if ignore_index is None else maps[maps != ignore_index]
     if valid.numel() and (valid.min() < 0 or valid.max() >= k):
         raise ValueError(f"label_maps hold values outside 0..{k - 1}" + (f" and {ignore_index}" if ignore_index is not None else ""))
-    confusion = MulticlassConfusionMatrix(k, ignore_index=ignore_index, validate_args=False)
+    confusion = MulticlassConfusionMatrix(k, ignore_index=ignore_index, validate_args=False, sync_on_compute=False)
     step = _positive(batch_size, "batch_size")
     with torch.inference_mode():
         for i in range(0, imgs.shape[0], step):
