@@ -95,6 +95,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="mixed precision of the UNet (auto: bf16 on GPUs of compute capability 8.0+)")
     parser.add_argument("--channels-last", action="store_true", help="NHWC weights and inputs (medsymmflow.networks.prepare_network)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the training UNet (adds minutes of compilation to the first step)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: 1 on --device cpu, where the tiny tensors gain nothing from more; torch's otherwise)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=str(REPO / "runs" / "bench" / "gpu_smoke" / "results.json"), help="JSON file written")
     args = parser.parse_args(argv)
@@ -368,7 +370,7 @@ def format_table(result: dict[str, Any]) -> str:
     for steps, r in result["synthesis"].items():
         lines.append(f"{f'synthesis {steps} steps':<26}{steps:>7}{r['seconds']:>10.3f}{r['images_per_second']:>9.1f}{_num(r['peak_memory_gib'], '.1f'):>10}")
     v = result["versions"]
-    lines.append(f"parameters: {result['model_parameters'] / 1e6:.1f} M (network), {result['vae_parameters'] / 1e6:.1f} M (VAE: {s['vae']['source']}); "
+    lines.append(f"parameters: {result['model_parameters']:,} (network), {result['vae_parameters']:,} (VAE: {s['vae']['source']}); "
                  f"torch {v['torch']}, diffusers {v['diffusers']}; total {result['total_s']:.0f} s")
     if s["vae"]["note"]:
         lines.append(f"note: {s['vae']['note']}")
@@ -388,6 +390,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from medsymmflow.networks import build_network, count_parameters, prepare_network
 
     errors.install_excepthook()
+    if args.threads is not None or device.type == "cpu":
+        torch.set_num_threads(max(1, args.threads or 1))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once
         print(f"plan: {args.steps} steps of batch {args.batch_size} at {args.size} px on {torch.cuda.get_device_name(device)}; "
@@ -429,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "latent_size": vae_info.pop("latent_size"), "batch_size": args.batch_size, "steps": args.steps,
             "warmup_steps": args.warmup_steps, "autocast": args.autocast, "channels_last": args.channels_last,
             "compile": args.compile, "compiled": "training network only (the EMA that segments and synthesises runs uncompiled)" if args.compile else None,
-            "cudnn_benchmark": device.type == "cuda", "data": args.dataset_dir or "synthetic", "vae": vae_info,
+            "cudnn_benchmark": device.type == "cuda", "threads": torch.get_num_threads(), "data": args.dataset_dir or "synthetic", "vae": vae_info,
             "learning_rate": LEARNING_RATE, "beta": BETA, "x_weight": X_WEIGHT, "seed": args.seed,
             "segmentation_steps": list(SEGMENTATION_STEPS), "synthesis_steps": SYNTHESIS_STEPS,
         },

@@ -44,9 +44,13 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]
     out = tmp_path_factory.mktemp("gpu_smoke") / "results.json"
     missing_vae = out.parent / "no_such_vae"  # the fallback to a random VAE of SD's layout, as on a GPU without the weights
     stdout = io.StringIO()
-    with _sd21_tiny(), contextlib.redirect_stdout(stdout):
-        result = _load_script().main(["--device", "cpu", "--tiny", "--channels-last", "--autocast", "none",
-                                      "--vae", str(missing_vae), "--output", str(out)])
+    threads = torch.get_num_threads()
+    try:
+        with _sd21_tiny(), contextlib.redirect_stdout(stdout):
+            result = _load_script().main(["--device", "cpu", "--tiny", "--channels-last", "--autocast", "none",
+                                          "--vae", str(missing_vae), "--output", str(out)])
+    finally:
+        torch.set_num_threads(threads)  # the script takes one thread on CPU; the rest of the suite keeps its own
     return result, out, stdout.getvalue()
 
 
@@ -58,7 +62,7 @@ def test_the_tiny_cpu_run_trains_segments_synthesises_and_reports(tiny_run: tupl
     s = result["setting"]
     assert (s["device"], s["tiny"], s["net_preset"], s["size"], s["latent_size"], s["batch_size"], s["steps"]) == (
         "cpu", True, "sd21_tiny", SIZE, SIZE // 8, BATCH, STEPS)
-    assert s["channels_last"] is True and s["compile"] is False and s["data"] == "synthetic"
+    assert s["channels_last"] is True and s["compile"] is False and s["data"] == "synthetic" and s["threads"] == 1
     assert s["vae"]["pretrained"] is False and "no_such_vae" in s["vae"]["note"] and s["vae"]["backend"] == "diffusers"
 
     train = result["train"]
