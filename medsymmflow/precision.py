@@ -1,9 +1,11 @@
 """Mixed precision: which autocast dtype a run uses, and a context manager that applies it.
 
-``autocast`` settings accept ``None`` / ``"none"`` (full float32), ``"bfloat16"`` / ``"float16"`` (always),
-or ``"auto"``: bfloat16 where the hardware runs it natively (a CUDA GPU with bf16 support, or a CPU with
-AMX or AVX512-BF16, where oneDNN's bf16 convolutions are about twice as fast as float32 ones; measured in
-docs/results.md) and float32 everywhere else, since emulated bf16 on older CPUs is slower than float32.
+``autocast`` settings accept ``None`` / ``"none"`` (full float32), ``"bfloat16"`` / ``"float16"`` (always,
+on any device: the way to force bf16), or ``"auto"``: bfloat16 where the hardware runs it natively (a CUDA
+GPU of compute capability 8.0 or newer, i.e. Ampere / Hopper and later, or a ROCm GPU; a CPU with AMX or
+AVX512-BF16, where oneDNN's bf16 convolutions are about twice as fast as float32 ones, measured in
+docs/results.md) and float32 everywhere else, since emulated bf16 (older GPUs such as the V100 or T4, which
+``torch.cuda.is_bf16_supported()`` also accepts, and older CPUs) is slower than float32.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["AUTOCAST_CHOICES", "autocast_context", "cpu_has_native_bf16", "resolve_autocast"]
+__all__ = ["AUTOCAST_CHOICES", "autocast_context", "cpu_has_native_bf16", "cuda_has_native_bf16", "resolve_autocast"]
 
 AUTOCAST_CHOICES = ("none", "auto", "bfloat16", "float16")
 
@@ -36,6 +38,18 @@ def cpu_has_native_bf16() -> bool:
     return False
 
 
+def cuda_has_native_bf16(device: str | torch.device = "cuda") -> bool:
+    """True when ``device`` is a CUDA GPU with bf16 tensor cores (compute capability >= 8.0) or a ROCm GPU."""
+    if not torch.cuda.is_available():
+        return False
+    if torch.version.hip:
+        return True
+    index = torch.device(device).index
+    # torch.cuda.is_bf16_supported() also says yes where bf16 is only emulated (compute capability 7.x)
+    major, _ = torch.cuda.get_device_capability(torch.cuda.current_device() if index is None else index)
+    return major >= 8
+
+
 def resolve_autocast(setting: str | torch.dtype | None, device: str | torch.device = "cpu") -> torch.dtype | None:
     """The autocast dtype ``setting`` means on ``device`` (None = float32); ValueError for an unknown setting."""
     if setting is None or isinstance(setting, torch.dtype):
@@ -51,7 +65,7 @@ def resolve_autocast(setting: str | torch.dtype | None, device: str | torch.devi
         return getattr(torch, name)
     device_type = torch.device(device).type
     if device_type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cuda_has_native_bf16(device) else None
     if device_type == "cpu":
         return torch.bfloat16 if cpu_has_native_bf16() else None
     return None

@@ -97,6 +97,8 @@ RULES: dict[str, Callable[[Any, str], Any]] = {
     "training#num_workers": nonnegative_int,
     "training#scale_batches": positive_int,
     "training#autocast": _autocast,
+    "training#channels_last": boolean,
+    "training#compile": boolean,
     "training#ema_warmup": boolean,
     "training#plan_epochs": boolean,
     "training#augment": boolean,

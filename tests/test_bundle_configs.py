@@ -69,7 +69,7 @@ def read_config(name: str) -> dict[str, Any]:
 
 # the pieces of the segmentation training workflow that are the classification workflow's, key for key
 SHARED_TRAIN_PIECES = (
-    "optimizer", "lr_scheduler", "ema", "loss", "path", "time_sampler", "save_dict", "handlers", "network",
+    "optimizer", "lr_scheduler", "ema", "loss", "path", "time_sampler", "save_dict", "handlers", "prepared_network", "network",
     "main_process_handlers", "stop_on_signal", "checkpoint_saver", "resume_from", "checkpoint_loader",
     "checkpoint_handlers",
 )

@@ -29,6 +29,26 @@ def test_resolve_autocast_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         resolve_autocast(torch.float32)
 
 
+def test_auto_picks_bf16_only_on_gpus_that_run_it_natively(monkeypatch: pytest.MonkeyPatch) -> None:
+    capability = {0: (9, 0), 1: (7, 0)}  # an H100 / H200, a V100
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability[device])
+    # torch also says yes where bf16 is only emulated, which is slower than float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    assert resolve_autocast("auto", "cuda") is torch.bfloat16 and resolve_autocast("AUTO", torch.device("cuda", 0)) is torch.bfloat16
+    assert resolve_autocast("auto", "cuda:1") is None  # emulated bf16 is slower than float32: stay in float32
+    assert precision.cuda_has_native_bf16("cuda:0") and not precision.cuda_has_native_bf16(torch.device("cuda", 1))
+    assert resolve_autocast("bfloat16", "cuda:1") is torch.bfloat16  # forced: the user's choice wins
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert resolve_autocast("auto", "cuda") is None  # "cuda" means the current device
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert resolve_autocast("auto", "cuda:1") is torch.bfloat16  # ROCm GPUs run bf16 natively
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_autocast("auto", "cuda") is None and resolve_autocast(None, "cuda") is None
+
+
 def test_cpu_flag_detection_reads_cpuinfo(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     import builtins
 

@@ -1,5 +1,6 @@
-"""Velocity networks ``(x_t, y_t, t) -> (v_x, v_y)``: the MONAI and diffusers UNet wrappers, their presets, an MLP, EMA, the VAE codec."""
+"""Velocity networks ``(x_t, y_t, t) -> (v_x, v_y)``: the MONAI and diffusers UNet wrappers, their presets, an MLP, EMA, the VAE codec, device preparation."""
 
+from medsymmflow.networks.device import prepare_network, uses_channels_last
 from medsymmflow.networks.ema import create_ema
 from medsymmflow.networks.latent import (
     SD_SCALE_FACTOR,
@@ -45,5 +46,7 @@ __all__ = [
     "load_vae",
     "measure_scale_factor",
     "predicts_data",
+    "prepare_network",
     "save_vae",
+    "uses_channels_last",
 ]
