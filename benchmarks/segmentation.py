@@ -35,7 +35,7 @@ from medsymmflow.io import atomic_write  # noqa: E402
 from medsymmflow.precision import AUTOCAST_CHOICES  # noqa: E402
 
 BUNDLE_TRAIN = Path("bundles") / "celebamask_hq" / "train.json"
-RECIPE = Path("configs") / "celebamask_cpu.json"
+RECIPE = Path("configs") / "segmentation_cpu.json"
 FLOW, BASELINE = "medsymmflow", "basicunet"
 SEGMENTATION_STEPS = (1, 25)
 SYNTHESIS_STEPS = 25

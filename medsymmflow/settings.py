@@ -141,7 +141,7 @@ def _optional_file(value: Any, name: str) -> Any:
 
 def _dataset_folder(value: Any, name: str) -> Any:
     if value is None or not str(value).strip():
-        raise ValueError(f"{name} is not set: pass --{name} FOLDER (the dataset's images/ and masks/ folders)")
+        raise ValueError(f"{name} is not set: pass --{name} FOLDER (the dataset's folder of images and label maps)")
     return value
 
 

@@ -221,6 +221,7 @@ def evaluate_synthesis(
     montage_rows: int = 8,
     codec: LatentCodec | None = None,
     progress: bool = False,
+    background: int | None = 0,
 ) -> dict[str, Any]:
     """Synthesise from ``label_maps`` ``(N, H, W)`` at each step count and score the samples.
 
@@ -228,7 +229,8 @@ def evaluate_synthesis(
     sample of every mask with them). ``reference_images`` (real images of another split) give the
     real-vs-real row; without them it is two halves of ``real_images`` (:func:`real_vs_real`).
     ``segmenters``: name -> callable (float images -> label maps or class scores) for mask consistency;
-    each is also scored on ``real_images`` (``"real_consistency"``: what it reaches on real data).
+    each is also scored on ``real_images`` (``"real_consistency"``: what it reaches on real data);
+    ``background``: the class their ``miou_no_background`` leaves out (``None``: the dataset has none).
     ``lpips``: ``auto`` (AlexNet LPIPS when its weights are on disk, else a note why not), ``none``, or a
     backbone that must be present. With ``output_dir``, every sample is written to
     ``synthesis_<s>steps/<id>_<j>.png`` and a montage of the first ``montage_rows`` masks to
@@ -258,7 +260,7 @@ def evaluate_synthesis(
                              kid_subset_size=kid_subset_size, seed=seed, progress=progress)
     reference = real_vs_real(real, reference_images, seed=seed, scores=scores)
     real_consistency = {
-        name: mask_consistency(real, maps, seg, codebook.num_classes, ignore_index, batch_size)
+        name: mask_consistency(real, maps, seg, codebook.num_classes, ignore_index, batch_size, background)
         for name, seg in segmenters.items()
     }
     out = Path(output_dir) if output_dir is not None else None
@@ -277,7 +279,7 @@ def evaluate_synthesis(
         row["diversity"] = ms_ssim_diversity(samples, batch_size) if samples.shape[1] > 1 else None
         row["lpips"] = lpips_diversity(samples, net, batch_size) if net is not None and samples.shape[1] > 1 else None
         row["mask_consistency"] = {
-            name: mask_consistency(flat, repeated, seg, codebook.num_classes, ignore_index, batch_size)
+            name: mask_consistency(flat, repeated, seg, codebook.num_classes, ignore_index, batch_size, background)
             for name, seg in segmenters.items()
         }
         if out is not None:
@@ -297,6 +299,7 @@ def evaluate_synthesis(
         "samples_per_mask": int(samples_per_mask),
         "num_masks": int(maps.shape[0]),
         "ignore_index": ignore_index,
+        "background": background,
         "fid_kid_images": "the first sample of every mask against the masks' real images",
         "reference": reference,
         "real_consistency": real_consistency,

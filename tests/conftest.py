@@ -1,5 +1,6 @@
-"""Shared test fixtures and helpers: seeds, the optional real-data folder, synthetic MedMNIST folders and
-the subprocess runner the end-to-end tests start bundles and commands with."""
+"""Shared test fixtures and helpers: seeds, the optional real-data folder, synthetic MedMNIST folders, the
+subprocess runner the end-to-end tests start bundles and commands with, and the segmentation bundles' overrides
+and config parsing."""
 
 from __future__ import annotations
 
@@ -9,9 +10,13 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
+
+if TYPE_CHECKING:
+    from monai.bundle import ConfigParser
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("MEDSYMMFLOW_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -100,3 +105,35 @@ def tiny(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
         "--dataset_dir", str(data_dir), "--download", "false", "--net_preset", "tiny",
         "--output_dir", str(output_dir), "--device", "cpu", *extra,
     ]
+
+
+# ----------------------------------------------------------------------------- the segmentation bundles
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny convolutions only lose from a second thread on shared cores
+
+
+def segmentation_overrides(data_dir: Path, output_dir: Path, size: int, *extra: str) -> list[str]:
+    """Overrides for a seconds-long segmentation bundle run (bundles/celebamask_hq, bundles/cocostuff): the tiny network at ``size`` px on the CPU."""
+    return [
+        "--dataset_dir", str(data_dir), "--output_dir", str(output_dir), "--size", str(size), "--net_preset", "tiny",
+        "--device", "cpu", *extra,
+    ]
+
+
+def parse_bundle(config_file: str | Sequence[str], **settings: object) -> "ConfigParser":
+    """``config_file`` (a bundle file or a list MONAI merges) as MONAI reads it, ``settings`` overridden; run from the repository root."""
+    from monai.bundle import ConfigParser  # noqa: F811 - the run-time import of the TYPE_CHECKING name
+
+    parser = ConfigParser()
+    parser.read_config(config_file)
+    parser.update(dict(settings))
+    return parser
+
+
+def root_cause(parser: "ConfigParser", id: str) -> str:
+    """The message of the innermost error resolving ``id`` in a ``ConfigParser`` raises (MONAI wraps it in a RuntimeError)."""
+    with pytest.raises(RuntimeError) as caught:
+        parser.get_parsed_content(id)
+    exc: BaseException = caught.value
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return str(exc)

@@ -42,7 +42,7 @@ def test_medmnist_bundles_differ_only_in_their_per_dataset_values(name: str) -> 
         assert not keys, f"bundles/{bundle}/{name} differs from bundles/{MEDMNIST_BUNDLES[0]}/{name} in {keys}"
 
 
-@pytest.mark.parametrize("bundle", [*MEDMNIST_BUNDLES, "latent", "celebamask_hq"])
+@pytest.mark.parametrize("bundle", [*MEDMNIST_BUNDLES, "latent", "celebamask_hq", "cocostuff"])
 def test_a_bundles_workflows_agree_on_the_settings_they_share(bundle: str) -> None:
     train = read(bundle, "train.json")
     for name in ("evaluate.json", "inference.json"):
@@ -83,25 +83,57 @@ def test_the_segmentation_workflow_shares_the_classification_workflows_training_
     seg_handlers, cls_handlers = seg["train"]["base_handlers"], cls["train"]["base_handlers"]
     assert seg_handlers[1:] == cls_handlers[1:]
     assert {k: v for k, v in seg_handlers[0].items() if k != "transforms"} == cls_handlers[0]
-    assert seg["validate"]["checkpoint_saver"]["key_metric_name"] == "val_miou_no_background_1steps"
+    # best.pt is kept on the dataset's validation metric: without background for CelebAMask-HQ, all classes for COCO-Stuff
+    assert seg["validate"]["checkpoint_saver"]["key_metric_name"] == "@common#key_metric"
+    assert read_config("celebamask_hq.json")["common"]["key_metric"] == "val_miou_no_background_1steps"
+    assert read_config("cocostuff.json")["common"]["key_metric"] == "val_miou_1steps"
     # both workflows end initialize with train#prepare, which configs/multi_gpu_train.json runs after the process group
     for config in (seg, cls):
         assert config["initialize"][-1] == "@train#prepare"
     assert read_config("multi_gpu_train.json")["initialize"][-1] == "@train#prepare"
 
 
-def test_the_celebamask_bundle_and_its_cpu_recipe_use_the_shared_settings() -> None:
+def test_the_segmentation_bundles_and_their_cpu_recipe_use_the_shared_settings() -> None:
     train, medmnist = read("celebamask_hq", "train.json"), read(MEDMNIST_BUNDLES[0], "train.json")
     # its training settings are the classification bundles', minus class balancing and validation runs, plus its own defaults
     own = {"x_weight", "val_interval", "augment", "val_runs", "latent_cache", "latent_mask_draws"}
     keys = differing_keys(train["training"], medmnist["training"], own)
     assert not keys, f"bundles/celebamask_hq/train.json training differs from the MedMNIST bundles' in {keys}"
     assert train["training"]["x_weight"] == 0.7  # the authors' weighting of the image half
-    for key in read_config("celebamask_cpu.json"):  # the recipe only sets keys the bundle has
-        if key.startswith("_"):
-            continue
-        section, _, sub = key.partition("#")
-        assert section in train and (not sub or sub in train[section]), f"configs/celebamask_cpu.json sets {key}, not a bundle key"
+    for bundle in ("celebamask_hq", "cocostuff"):  # the recipe only sets keys each bundle has
+        train = read(bundle, "train.json")
+        for key in read_config("segmentation_cpu.json"):
+            if key.startswith("_"):
+                continue
+            section, _, sub = key.partition("#")
+            assert section in train and (not sub or sub in train[section]), f"configs/segmentation_cpu.json sets {key}, not a key of bundles/{bundle}"
+
+
+# the values in which bundles/cocostuff may differ from bundles/celebamask_hq: its dataset file and dataset settings
+COCOSTUFF_OWN = {"imports", "common", "code_kind", "beta"}
+# the dataset facts of a segmentation dataset file's common section; every other key is the same in both files
+SEGMENTATION_DATASET_FACTS = {"flag", "class_names", "ignore_index", "background", "key_metric", "flip_swap", "pairs", "label_values"}
+
+
+@pytest.mark.parametrize("name", ["train.json", "evaluate.json", "inference.json"])
+def test_the_cocostuff_bundle_is_the_celebamask_bundle_with_its_own_dataset(name: str) -> None:
+    coco, celeba = read("cocostuff", name), read("celebamask_hq", name)
+    keys = differing_keys(coco, celeba, COCOSTUFF_OWN | {"evaluation"})
+    assert not keys, f"bundles/cocostuff/{name} differs from bundles/celebamask_hq/{name} in {keys}"
+    # COCO-Stuff is evaluated on val (COCO's test labels are not public; its official layout has no test split)
+    assert differing_keys(coco["evaluation"], celeba["evaluation"], {"split"}) == [] and coco["evaluation"]["split"] == "val"
+    assert coco["common"] == "%configs/cocostuff.json#common" and coco["imports"] == "%configs/cocostuff.json#imports"
+    assert (coco["code_kind"], coco["beta"]) == ("palette", 6.0)  # the 6-level grid and the authors' beta
+
+
+def test_the_segmentation_dataset_files_differ_only_in_dataset_facts() -> None:
+    coco, celeba = read_config("cocostuff.json"), read_config("celebamask_hq.json")
+    assert coco["imports"] == celeba["imports"]
+    keys = differing_keys(coco["common"], celeba["common"], SEGMENTATION_DATASET_FACTS | {"label_check"})
+    assert not keys, f"configs/cocostuff.json common differs from configs/celebamask_hq.json's in {keys}"
+    assert differing_keys(coco["common"]["label_check"], celeba["common"]["label_check"], {"what"}) == []
+    assert (coco["common"]["background"], celeba["common"]["background"]) == (None, 0)
+    assert coco["common"]["flip_swap"] == {}  # COCO-Stuff has no left/right classes: a plain flip
 
 
 def _trainers(node: Any) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, SHARED_DATA, run_bundle
+from conftest import ONE_THREAD, REPO, SHARED_DATA, parse_bundle, root_cause, run_bundle, segmentation_overrides
 from PIL import Image
 
 from medsymmflow.data import celebamask_hq_dicts, write_synthetic_segmentation
@@ -26,15 +26,11 @@ pytestmark = pytest.mark.slow
 
 BUNDLE = "bundles/celebamask_hq"
 SIZE = 16  # the synthetic images' own size: the bundle's resize and crop leave them as written
-ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # tiny convolutions only lose from a second thread on shared cores
 
 
 def overrides(data: Path, out: Path, *extra: str) -> list[str]:
     """A seconds-long CelebAMask-HQ run: the tiny network at 16 px on the CPU."""
-    return [
-        "--dataset_dir", str(data), "--output_dir", str(out), "--size", str(SIZE), "--net_preset", "tiny",
-        "--device", "cpu", *extra,
-    ]
+    return segmentation_overrides(data, out, SIZE, *extra)
 
 
 def bundle(name: str, *args: str, check: bool = True):
@@ -151,22 +147,7 @@ def test_inference_pngs_agree_with_the_evaluation_and_name_the_bad_files(trained
 
 def parsed(config: str, **settings: object) -> "ConfigParser":
     """The bundle file ``config`` as MONAI reads it, with ``settings`` overridden (from the repository root)."""
-    from monai.bundle import ConfigParser  # noqa: F811 - the run-time import of the TYPE_CHECKING name
-
-    parser = ConfigParser()
-    parser.read_config(f"{BUNDLE}/{config}.json")
-    parser.update(dict(settings))
-    return parser
-
-
-def root_cause(parser: "ConfigParser", id: str) -> str:
-    """The message of the innermost error resolving ``id`` raises (MONAI wraps it in a RuntimeError)."""
-    with pytest.raises(RuntimeError) as caught:
-        parser.get_parsed_content(id)
-    exc: BaseException = caught.value
-    while exc.__cause__ is not None:
-        exc = exc.__cause__
-    return str(exc)
+    return parse_bundle(f"{BUNDLE}/{config}.json", **settings)
 
 
 def test_an_existing_run_is_refused_without_resume_and_continued_with_it(

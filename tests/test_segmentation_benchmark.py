@@ -102,7 +102,7 @@ def test_both_models_get_the_same_budget_data_size_precision_and_batch_size(tmp_
                               "--override=--batch_size=24", "--override=--net_preset=tiny"])
     flow = bench._bundle_command(args, tmp_path / "m")
     unet = bench._baseline_command(args, tmp_path / "b")
-    assert flow[flow.index("--config_file") + 1] == "['bundles/celebamask_hq/train.json','configs/celebamask_cpu.json']"
+    assert flow[flow.index("--config_file") + 1] == "['bundles/celebamask_hq/train.json','configs/segmentation_cpu.json']"
     for cmd, budget, size, data in ((flow, "--training#budget_minutes", "--size", "--dataset_dir"),
                                     (unet, "--budget-minutes", "--size", "--dataset-dir")):
         assert cmd[cmd.index(budget) + 1] == "7.0" and cmd[cmd.index(size) + 1] == "64"

@@ -27,6 +27,7 @@ from medsymmflow.data import (
     read_label_map,
     split_ids,
     write_splits_file,
+    write_synthetic_segmentation,
 )
 
 
@@ -181,6 +182,35 @@ def test_dataset_splits_by_seed_or_by_its_splits_file(tmp_path: Path) -> None:
     write_splits_file(tmp_path, {"train": ["face042"]})
     with pytest.raises(ValueError, match="lists 1 id\\(s\\) without an image/label pair: face042"):
         celebamask_hq_dicts(tmp_path, "train")
+
+
+def test_a_split_the_fractions_leave_empty_is_refused_with_the_counts(tmp_path: Path) -> None:
+    _pairs_folder(tmp_path, n=5)  # 80 / 10 / 10 % of 5 pairs: positions [0, 4), [4, 4), [4, 5)
+    assert [len(celebamask_hq_dicts(tmp_path, s)) for s in ("train", "test")] == [4, 1]
+    with pytest.raises(ValueError, match=r"split 'val' is empty: 5 pairs split 80 / 10 / 10 % into train / val / test leave it none; "
+                                         r"add pairs or write a split file \(.*splits\.json\)"):
+        celebamask_hq_dicts(tmp_path, "val")
+    write_splits_file(tmp_path, {"train": ["face000"], "val": [], "test": ["face001"]})
+    with pytest.raises(ValueError, match=r"split 'val' of .*splits\.json lists no ids"):
+        celebamask_hq_dicts(tmp_path, "val")
+    # 21 pairs, as in shared/data/cocostuff_sample: every split keeps some
+    assert [len(v) for v in split_ids([f"{i:02d}" for i in range(21)]).values()] == [17, 2, 2]
+
+
+def test_synthetic_cocostuff_folder_holds_cocostuff_label_values(tmp_path: Path) -> None:
+    root = write_synthetic_segmentation(tmp_path, n=6, size=16, num_classes=4, layout="cocostuff", unlabelled_border=1)
+    pairs = cocostuff_dicts(root, "all", check_values=True)
+    assert [Path(p["image"]).suffix for p in pairs] == [".jpg"] * 6 and all("/labels/" in p["label"] for p in pairs)
+    raw = np.stack([read_label_map(p["label"]) for p in pairs])
+    # the synthetic classes 0..3 are COCO-Stuff classes spread over the 171: written as their ids - 1
+    wanted = [0, 57, 113, 170]
+    assert set(np.unique(raw).tolist()) <= {COCOSTUFF_USED_VALUES[c] for c in wanted} | {255}
+    assert COCOSTUFF_USED_VALUES[170] == 181 != 170  # so the remap is exercised
+    classes = cocostuff_to_classes(raw)
+    assert set(np.unique(classes).tolist()) <= set(wanted) | {255} and 0 in classes
+    assert (classes[:, 0] == 255).all() and (classes[:, :, -1] == 255).all() and (classes[:, 1:-1, 1:-1] != 255).all()
+    with pytest.raises(ValueError, match="classes must be 4 distinct class indices in 0..170"):
+        write_synthetic_segmentation(tmp_path / "x", num_classes=4, layout="cocostuff", classes=[0, 1, 2, 171])
 
 
 # ---------------------------------------------------------------- the official CelebAMask-HQ release

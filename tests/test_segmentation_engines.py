@@ -87,6 +87,17 @@ def test_miou_from_one_confusion_matrix_matches_a_hand_count() -> None:
     assert iou_from_confusion(CONFUSION, drop_target=0).tolist()[1:3] == pytest.approx([0.6, 0.6])
 
 
+def test_without_a_background_class_every_class_counts_and_absent_classes_have_no_iou() -> None:
+    # COCO-Stuff's convention: mIoU over all classes, no "without background" number at all
+    metric = SegmentationMetrics(num_classes=4, ignore_index=255, background=None)
+    metric.update(PRED, TARGET)
+    out = metric.compute()
+    assert out["miou"] == pytest.approx((4 / 7 + 0.5 + 0.6) / 3)  # class 3 is absent: left out, not a 0
+    assert out["miou_no_background"] is None and out["miou_ignore_background"] is None
+    assert out["target_pixels"] == CONFUSION.sum(1).tolist() and out["predicted_pixels"] == CONFUSION.sum(0).tolist()
+    assert out["target_pixels"][3] == out["predicted_pixels"][3] == 0 and out["iou"][3] is None
+
+
 def test_valid_masks_exclude_pixels_like_the_ignore_index() -> None:
     relabelled = torch.where(TARGET == 255, torch.ones_like(TARGET), TARGET)  # a class value under the mask
     metric = SegmentationMetrics(num_classes=4)

@@ -159,6 +159,9 @@ def test_mask_consistency_perfect_and_constant_segmenters() -> None:
     assert zero["per_class_iou"] == pytest.approx([8 / 28, 0.0, 0.0])
     assert zero["miou"] == pytest.approx(8 / 28 / 3) and zero["miou_no_background"] == 0.0
     assert zero["pixel_accuracy"] == pytest.approx(8 / 28)
+    # another background class, or none (COCO-Stuff): the number without it follows the dataset, never class 0 by default
+    assert mask_consistency(images, maps, constant, 3, background=2)["miou_no_background"] == pytest.approx(8 / 28 / 2)
+    assert mask_consistency(images, maps, constant, 3, background=None)["miou_no_background"] is None
     # scores (B, K, H, W) are argmaxed; a class neither present nor predicted has no IoU and is left out
     scores = mask_consistency(images, maps, lambda x: nn.functional.one_hot(perfect(x), 4).permute(0, 3, 1, 2), 4)
     assert scores["miou"] == 1.0 and scores["per_class_iou"][3] is None

@@ -257,7 +257,8 @@ def select_split(
     """
     if split == "all":
         return list(pairs)
-    if splits is None:
+    derived = splits is None
+    if derived:
         if split not in SPLIT_NAMES:
             raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLIT_NAMES)} or 'all'")
         splits = split_ids((p["id"] for p in pairs), fractions, seed)
@@ -267,4 +268,13 @@ def select_split(
     missing = [i for i in splits[split] if i not in by_id]
     if missing:
         raise ValueError(f"split {split!r}{' of ' + where if where else ''} lists {len(missing)} id(s) without an image/label pair: {_names(missing)}")
+    if not splits[split]:
+        # an empty split would only fail later, inside a data loader or a metric, without naming the folder
+        if derived:
+            shares = " / ".join(f"{round(100 * v, 6):g}" for v in parse_fractions(fractions).values())
+            raise ValueError(
+                f"split {split!r} is empty: {len(by_id)} pairs split {shares} % into {' / '.join(SPLIT_NAMES)} leave it none; "
+                f"add pairs or write a split file{' (' + where + ')' if where else ''}"
+            )
+        raise ValueError(f"split {split!r}{' of ' + where if where else ''} lists no ids")
     return [by_id[i] for i in sorted(splits[split])]

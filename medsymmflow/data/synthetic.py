@@ -1,9 +1,11 @@
 """Tiny synthetic MedMNIST files in the official npz format, and synthetic segmentation folders, for tests and smoke runs.
 
 Segmentation (:func:`write_synthetic_segmentation`): ``images/<id>.png`` (RGB) and ``masks/<id>.png`` (class
-indices), the pairs layout :func:`~medsymmflow.data.celebamask_hq_dicts` reads. Class 0 is a striped,
-noisy background; each other class is a shape (disc, square or diamond, by class) in its own colour,
-placed at random, so a pixel's class follows from its colour and its neighbourhood.
+indices), the pairs layout :func:`~medsymmflow.data.celebamask_hq_dicts` reads, or with ``layout="cocostuff"``
+``images/<id>.jpg`` and ``labels/<id>.png`` holding COCO-Stuff label values (id - 1, 255 = unlabelled), the
+pairs layout :func:`~medsymmflow.data.cocostuff_dicts` reads. Class 0 is a striped, noisy background; each
+other class is a shape (disc, square or diamond, by class) in its own colour, placed at random, so a
+pixel's class follows from its colour and its neighbourhood.
 
 The file has medmnist's keys in medmnist's order (``train_images, val_images, test_images,
 train_labels, val_labels, test_labels``), uint8 images ``N x H x W`` (gray) or ``N x H x W x 3`` (RGB,
@@ -16,13 +18,21 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from medsymmflow.data.cocostuff import COCOSTUFF_IGNORE_INDEX, COCOSTUFF_USED_VALUES
 from medsymmflow.data.medmnist import MEDMNIST_SPLITS, medmnist_filename, medmnist_info
 
-__all__ = ["synthetic_class_templates", "synthetic_segmentation_colours", "write_synthetic_medmnist", "write_synthetic_segmentation"]
+__all__ = [
+    "SYNTHETIC_SEGMENTATION_LAYOUTS",
+    "synthetic_class_templates",
+    "synthetic_segmentation_colours",
+    "write_synthetic_medmnist",
+    "write_synthetic_segmentation",
+]
 
 
 def synthetic_class_templates(num_classes: int, size: int = 28, channels: int = 1) -> np.ndarray:
@@ -113,6 +123,25 @@ def synthetic_segmentation_colours(num_classes: int) -> np.ndarray:
     return np.asarray(colours)
 
 
+# layout -> (label-map folder, image suffix): the pairs layouts of the two segmentation datasets
+SYNTHETIC_SEGMENTATION_LAYOUTS = {"celebamask": ("masks", ".png"), "cocostuff": ("labels", ".jpg")}
+
+
+def _label_values(layout: str, num_classes: int, classes: Sequence[int] | None) -> list[int]:
+    """The value each synthetic class ``k`` is written as in the label maps (see :func:`write_synthetic_segmentation`)."""
+    if layout == "cocostuff":
+        pool = len(COCOSTUFF_USED_VALUES)
+        chosen = np.round(np.linspace(0, pool - 1, num_classes)).astype(int).tolist() if classes is None else list(classes)
+    else:
+        pool = COCOSTUFF_IGNORE_INDEX  # any 8-bit value but the unlabelled one
+        chosen = list(range(num_classes)) if classes is None else list(classes)
+    if len(chosen) != num_classes or len(set(chosen)) != num_classes or not all(
+        isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= c < pool for c in chosen
+    ):
+        raise ValueError(f"classes must be {num_classes} distinct class indices in 0..{pool - 1}, got {classes!r}")
+    return [int(COCOSTUFF_USED_VALUES[c]) for c in chosen] if layout == "cocostuff" else [int(c) for c in chosen]
+
+
 def write_synthetic_segmentation(
     directory: str | os.PathLike,
     n: int = 8,
@@ -121,12 +150,21 @@ def write_synthetic_segmentation(
     seed: int = 0,
     shapes_per_image: int = 2,
     noise_std: float = 10.0,
+    layout: str = "celebamask",
+    classes: Sequence[int] | None = None,
+    unlabelled_border: int = 0,
 ) -> Path:
-    """Write ``n`` image / label-map pairs of ``size`` px into ``directory/{images,masks}``; return ``directory``.
+    """Write ``n`` image / label-map pairs of ``size`` px into ``directory`` in a dataset's pairs ``layout``; return ``directory``.
 
-    Every image has the striped background (class 0, random stripe angle and phase) and ``shapes_per_image``
-    shapes of random foreground classes, sizes and places (a later shape covers an earlier one), plus
-    per-pixel Gaussian noise of ``noise_std`` grey levels. The same ``seed`` gives the same files.
+    Every image has the striped background (synthetic class 0, random stripe angle and phase) and
+    ``shapes_per_image`` shapes of random foreground classes, sizes and places (a later shape covers an
+    earlier one), plus per-pixel Gaussian noise of ``noise_std`` grey levels. The same ``seed`` gives the same
+    files. ``layout``: ``"celebamask"`` writes ``images/<id>.png`` and ``masks/<id>.png`` holding class
+    indices; ``"cocostuff"`` writes ``images/<id>.jpg`` and ``labels/<id>.png`` holding COCO-Stuff label
+    values (class ``c`` as ``COCOSTUFF_USED_VALUES[c]``, the id minus one). ``classes``: the dataset class of
+    each synthetic class (default ``0..num_classes-1``; for COCO-Stuff classes spread evenly over the 171, so
+    the remap of the unused ids is exercised). ``unlabelled_border``: a frame of that many pixels marked 255
+    (unlabelled) in the label maps.
     """
     from PIL import Image
 
@@ -135,12 +173,18 @@ def write_synthetic_segmentation(
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     if noise_std < 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    if layout not in SYNTHETIC_SEGMENTATION_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(SYNTHETIC_SEGMENTATION_LAYOUTS)}")
+    if isinstance(unlabelled_border, bool) or not isinstance(unlabelled_border, (int, np.integer)) or not 0 <= unlabelled_border < size / 2:
+        raise ValueError(f"unlabelled_border must be an int in 0..{math.ceil(size / 2) - 1}, got {unlabelled_border!r}")
+    values = np.asarray(_label_values(layout, num_classes, classes), dtype=np.uint8)
+    label_folder, image_suffix = SYNTHETIC_SEGMENTATION_LAYOUTS[layout]
     rng = np.random.default_rng(seed)
     colours = synthetic_segmentation_colours(num_classes)
     rows, cols = np.meshgrid(np.arange(size) + 0.5, np.arange(size) + 0.5, indexing="ij")
     out = Path(directory)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    (out / label_folder).mkdir(parents=True, exist_ok=True)
     width = len(str(n - 1))
     for i in range(n):
         angle, phase = rng.uniform(0, math.pi), rng.uniform(0, 2 * math.pi)
@@ -162,7 +206,11 @@ def write_synthetic_segmentation(
             label[inside] = k
             image[inside] = colours[k]
         image = np.clip(np.rint(image + rng.normal(0.0, noise_std, size=image.shape)), 0, 255).astype(np.uint8)
+        label = values[label]
+        if unlabelled_border:
+            b = int(unlabelled_border)
+            label[:b], label[-b:], label[:, :b], label[:, -b:] = 255, 255, 255, 255
         stem = f"synthetic_{i:0{width}d}"
-        Image.fromarray(image, mode="RGB").save(out / "images" / f"{stem}.png")
-        Image.fromarray(label, mode="L").save(out / "masks" / f"{stem}.png")
+        Image.fromarray(image, mode="RGB").save(out / "images" / f"{stem}{image_suffix}", **({"quality": 95} if image_suffix == ".jpg" else {}))
+        Image.fromarray(label, mode="L").save(out / label_folder / f"{stem}.png")
     return out

@@ -35,7 +35,8 @@ class SegmentationReport(EvaluationReport):
     :mod:`medsymmflow.reports.segmentation` into ``output_dir`` (a file name ``None`` skips that file) and sets
     ``engine.state.metrics[f"{prefix}miou_{s}steps"]``, ``..._miou_no_background_{s}steps`` and
     ``..._pixel_accuracy_{s}steps`` for every step count ``s`` (e.g. for a checkpoint saver on validation mIoU).
-    ``background``: the class left out of ``miou_no_background`` (``None``: no background class).
+    ``background``: the class left out of ``miou_no_background`` (``None``: no background class, e.g. COCO-Stuff;
+    then ``miou_no_background`` is None in the report and not set in ``state.metrics``).
 
     Under a sharded torch.distributed evaluation (the evaluator's ``shards``, see
     :mod:`medsymmflow.engines.distributed`) every rank accumulates its shard, then the confusion matrices are
@@ -109,8 +110,10 @@ class SegmentationReport(EvaluationReport):
             raise ValueError("SegmentationReport saw no batches: the evaluation split is empty")
         by_steps = {s: m.compute() for s, m in self._metrics.items()}
         self.results = segmentation_payload(by_steps, self.class_names, self.background, self.ignore_index, self.extra)
+        # without a background class there is no separate number: the metric is not published at all
+        names = ("miou", "miou_no_background", "pixel_accuracy") if self.background is not None else ("miou", "pixel_accuracy")
         for s, r in by_steps.items():
-            for name in ("miou", "miou_no_background", "pixel_accuracy"):
+            for name in names:
                 engine.state.metrics[f"{self.prefix}{name}_{s}steps"] = r[name]
         if not is_main_process():  # every rank holds the split's numbers; one writes them
             return
@@ -120,7 +123,9 @@ class SegmentationReport(EvaluationReport):
         logger.info(
             "segmentation: %s -> %s",
             ", ".join(
-                f"{s} steps mIoU {r['miou']:.4f} (no background {r['miou_no_background']:.4f}), pixel acc {r['pixel_accuracy']:.4f}"
+                f"{s} steps mIoU {r['miou']:.4f}"
+                + (f" (no background {r['miou_no_background']:.4f})" if r["miou_no_background"] is not None else "")
+                + f", pixel acc {r['pixel_accuracy']:.4f}"
                 for s, r in sorted(by_steps.items())
             ),
             self.output_dir,

@@ -32,8 +32,9 @@ class SegmentationWriter:
 
     Reads a :class:`~medsymmflow.engines.SymmFlowSegmentationEvaluator`'s ``pred`` / ``uncertainty_map`` (its
     first step count), ``image`` and ``filename``. Under ``output_dir``: ``label_maps/<stem>.png`` (8-bit class
-    indices, readable by :class:`~medsymmflow.transforms.LoadLabelMap`), ``overlays/<stem>.png`` (the image
-    blended with the class colours, ``alpha`` the colours' weight) and ``uncertainty/<stem>.png`` (each pixel's
+    indices, or with ``label_values`` the dataset's own value of each class, e.g. COCO-Stuff's id - 1, so that
+    they read back like the dataset's maps; readable by :class:`~medsymmflow.transforms.LoadLabelMap`),
+    ``overlays/<stem>.png`` (the image blended with the class colours, ``alpha`` the colours' weight) and ``uncertainty/<stem>.png`` (each pixel's
     distance to its nearest class code on 0..255, 255 = half the codebook's smallest code distance or more:
     from there on the pixel may be nearer another class's code). Files that could not be read (``failed``
     records) are listed under ``failed`` and ``skipped`` names non-image files of the input folders;
@@ -56,11 +57,16 @@ class SegmentationWriter:
         ignore_index: int | None = 255,
         skipped: Sequence[str] | None = None,
         files: Sequence[str] | None = None,
+        label_values: Sequence[int] | None = None,
     ) -> None:
         if not 0.0 <= float(alpha) <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         if codebook.num_classes > 256:
             raise ValueError(f"label-map PNGs hold 8-bit classes, the codebook has {codebook.num_classes}")
+        values = list(range(codebook.num_classes)) if label_values is None else [int(v) for v in label_values]
+        if len(values) != codebook.num_classes or len(set(values)) != len(values) or not all(0 <= v <= 255 for v in values):
+            raise ValueError(f"label_values must give {codebook.num_classes} distinct 8-bit values, one per class, got {label_values!r}")
+        self.label_values = torch.tensor(values, dtype=torch.uint8)
         self.output_dir = Path(output_dir)
         self.codebook = codebook
         self.class_names = list(class_names) if class_names is not None else [str(c) for c in range(codebook.num_classes)]
@@ -109,7 +115,7 @@ class SegmentationWriter:
         steps = int(out["steps"][0]) if "steps" in out else None
         for i, (name, stem) in enumerate(self._names(engine, out, pred.shape[0])):
             files = {
-                "label_map": write_png(self.output_dir / "label_maps" / f"{stem}.png", pred[i].numpy().astype(np.uint8)[..., None]),
+                "label_map": write_png(self.output_dir / "label_maps" / f"{stem}.png", self.label_values[pred[i]].numpy()[..., None]),
                 "overlay": write_png(self.output_dir / "overlays" / f"{stem}.png", overlays[i]),
                 "uncertainty_map": write_png(self.output_dir / "uncertainty" / f"{stem}.png", unc[i][..., None]),
             }

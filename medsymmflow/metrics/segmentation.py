@@ -10,12 +10,15 @@ like one that fills it. From it:
   contain (it has no IoU; torchmetrics reports 0 there, :func:`iou_from_confusion` does not).
 * ``miou``: the mean over classes that have an IoU.
 * ``miou_no_background``: the same mean without the ``background`` class (its pixels still count: a
-  foreground class predicted on background is a false positive).
+  foreground class predicted on background is a false positive); None for a dataset without a background
+  class (``background=None``, e.g. COCO-Stuff, whose standard number is ``miou`` over all its classes).
 * ``miou_ignore_background``: the SymmFlow authors' number for CelebAMask-HQ, torchmetrics' JaccardIndex with
   ``ignore_index = background``: background pixels are dropped from the matrix (so false positives on the
   background no longer count) and the class is left out of the mean. It is higher than
   ``miou_no_background``; report it only next to the paper's figures.
 * ``pixel_accuracy``: ``trace / total`` of the matrix.
+* ``target_pixels`` / ``predicted_pixels``: per class, the labelled pixels of the class and the pixels predicted
+  as it (the matrix's row and column sums); a class has no IoU exactly when both are 0.
 
 Uncertainty: the segmenter's distance map (distance of every pixel's predicted code to its nearest class
 code). :func:`image_uncertainty` is its mean over an image's pixels; :class:`SegmentationMetrics` also
@@ -198,12 +201,15 @@ class SegmentationMetrics:
         iou = iou_from_confusion(cm)
         out: dict[str, Any] = {
             "miou": mean_iou(iou),
-            "miou_no_background": mean_iou(iou, [] if self.background is None else [self.background]),
+            "miou_no_background": mean_iou(iou, [self.background]) if self.background is not None else None,
             "miou_ignore_background": (
                 mean_iou(iou_from_confusion(cm, drop_target=self.background)) if self.background is not None else None
             ),
             "pixel_accuracy": pixel_accuracy(cm),
             "iou": [None if math.isnan(v) else float(v) for v in iou.tolist()],
+            # per class: labelled pixels of it and pixels predicted as it; both 0 is what a None IoU means
+            "target_pixels": cm.sum(1).tolist(),
+            "predicted_pixels": cm.sum(0).tolist(),
             "labelled_pixels": int(cm.sum()),
             "num_images": len(self.per_image),
         }

@@ -398,13 +398,15 @@ def mask_consistency(
     num_classes: int,
     ignore_index: int | None = 255,
     batch_size: int = 32,
+    background: int | None = 0,
 ) -> dict[str, Any]:
     """mIoU (a fraction) of ``segmenter``'s label maps of synthesised ``images`` against the masks they were made from.
 
     ``images``: uint8 ``(N, H, W, C)``, passed to the segmenter as float ``(B, C, H, W)`` in [-1, 1];
     ``label_maps``: ``(N, H, W)`` class indices, ``ignore_index`` pixels left out. One confusion matrix
     over all images (torchmetrics ``MulticlassConfusionMatrix``); mIoU over the classes present in the
-    targets or the predictions, with and without class 0 (the background). Returns ``{"miou",
+    targets or the predictions, with and without the ``background`` class (``None``: the dataset has none, e.g.
+    COCO-Stuff, and ``miou_no_background`` is None). Returns ``{"miou",
     "miou_no_background", "per_class_iou", "pixel_accuracy", "num_images"}``.
     """
     from torchmetrics.classification import MulticlassConfusionMatrix
@@ -432,7 +434,7 @@ def mask_consistency(
     iou = iou_from_confusion(matrix)
     return {
         "miou": mean_iou(iou),
-        "miou_no_background": mean_iou(iou, exclude=[0]),
+        "miou_no_background": mean_iou(iou, exclude=[int(background)]) if background is not None else None,
         "per_class_iou": [None if v != v else float(v) for v in iou.tolist()],
         "pixel_accuracy": pixel_accuracy(matrix),
         "num_images": int(imgs.shape[0]),

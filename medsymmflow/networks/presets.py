@@ -98,7 +98,7 @@ NET_PRESETS: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
         "patch_size": 2,
     },
-    # the "cpu_patch" network for dense labels (configs/celebamask_cpu.json): its code channels predict the
+    # the "cpu_patch" network for dense labels (configs/segmentation_cpu.json): its code channels predict the
     # clean code mask, not the velocity (SymmFlowUNet y_prediction "data"), so the noise of y_t at t = 1 does
     # not have to be copied through the UNet to cancel; with velocity output the 30-minute CelebAMask-HQ run
     # kept most of that noise in its one-step masks (docs/results.md)
