@@ -154,3 +154,24 @@ def test_a_loss_as_the_key_training_metric_counts_lower_as_better(path: str) -> 
     for trainer in trainers:
         better = eval(trainer["metric_cmp_fn"].lstrip("$"))  # noqa: S307 - the config's own lambda
         assert better(0.5, 1.0) and not better(1.0, 0.5)
+
+
+@pytest.mark.parametrize("bundle", ["celebamask_hq", "cocostuff"])
+def test_the_paper_setting_is_the_released_codes_latent_model(bundle: str) -> None:
+    # the authors' SymmFlow settings (../shared/DESIGN.md, "Natural images"); the overlays only set keys the bundle has
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(REPO / "bundles" / bundle / "train.json"), str(REPO / "configs" / "segmentation_latent.json"),
+                        str(REPO / "configs" / "segmentation_paper.json")])
+    train = read(bundle, "train.json")
+    for name in ("segmentation_latent.json", "segmentation_paper.json"):
+        for key in read_config(name):
+            section, _, sub = key.partition("#")
+            assert key.startswith("_") or (section in train and (not sub or sub in train[section])), f"configs/{name} sets {key}"
+    settings = {k: parser.get(k) for k in ("size", "net_preset", "epochs", "warmup_epochs", "batch_size", "learning_rate", "vae")}
+    assert settings == {"size": 512, "net_preset": "sd21", "epochs": 200, "warmup_epochs": 10, "batch_size": 32,
+                        "learning_rate": 8e-5, "vae": "stabilityai/sd-vae-ft-mse"}
+    assert (parser.get("training#x_weight"), parser.get("training#weight_decay"), parser.get("training#ema_decay")) == (0.7, 0.0, 0.9999)
+    assert (parser.get("code_kind"), parser.get("beta")) == {"celebamask_hq": ("celebamask", 10.0), "cocostuff": ("palette", 6.0)}[bundle]
+    assert parser.get("training#autocast") == "auto" and 25 in parser.get("evaluation#steps")

@@ -179,7 +179,7 @@ def test_the_readme_overrides_are_keys_and_the_cpu_recipe_fits(monkeypatch: pyte
     parser = parse_bundle([f"{BUNDLE}/train.json", "configs/segmentation_cpu.json"], device="cpu")
     codebook = parser.get_parsed_content("common#codebook")
     assert codebook.kind == "onehot" and codebook.channels == 171 and codebook.check_beta(parser["beta"]) == 6.0
-    assert parser["size"] == 64 and parser["net_preset"] == "cpu_patch"
+    assert parser["size"] == 64 and parser["net_preset"] == "cpu_segmentation"
     flip = next(t for t in parser.get_parsed_content("train#preprocessing").transforms if isinstance(t, RandFlipSwapd))
     label = torch.arange(12.0).reshape(1, 3, 4)
     assert torch.equal(flip.flip_label(label), label.flip(-1))  # a plain flip: no left/right classes to swap
