@@ -283,7 +283,7 @@ def test_the_cache_is_rebuilt_when_the_vae_size_or_beta_changes_or_a_file_is_dam
 # ---------------------------------------------------------------------- the bundle in latent space
 @pytest.fixture(scope="module")
 def latent_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """cache-latents, then bundles/celebamask_hq/train.json + configs/segmentation_latent.json: 2 training steps from
+    """cache-latents, then bundles/celebamask_hq/train.json + configs/segmentation_latent.json with sd21_tiny: 2 training steps from
     the cache, the evaluation after training (1-step segmentation of the 4 test pairs) and the synthesis from their masks."""
     from medsymmflow.cli import main
 
@@ -291,7 +291,8 @@ def latent_run(data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     vae = save_vae(root / "vae.pt", build_vae("tiny"), scale_factor=0.5)
     cache, run = root / "cache", root / "run"
     common = ["--dataset_dir", str(data), "--vae", str(vae)]
-    settings = {"size": str(SIZE), "net_preset": "tiny", "device": "cpu"}
+    # the diffusers UNet (Stable Diffusion 2.1's architecture, shrunk) through the whole latent path, as on GPUs
+    settings = {"size": str(SIZE), "net_preset": "sd21_tiny", "device": "cpu"}
     with contextlib.chdir(REPO):  # the bundle's macros name configs/ from the repository root
         code = main(["cache-latents", "--config_file", "bundles/celebamask_hq/train.json", "configs/segmentation_latent.json",
                      *common, "--cache_dir", str(cache), *[a for k, v in settings.items() for a in ("--set", k, v)]])
@@ -317,6 +318,7 @@ def test_the_cache_command_writes_the_cache_the_latent_bundle_trains_from(latent
     assert last["trainer"]["iteration"] == 2  # 32 pairs in batches of 16
     info = last["run_info"]
     assert info["vae"] == load_vae(latent_run["vae"]).identity and info["vae_source"] == str(latent_run["vae"])
+    assert info["net_preset"] == "sd21_tiny" and any(k.endswith("unet.conv_in.weight") for k in last["ema"])
 
 
 @pytest.mark.slow
