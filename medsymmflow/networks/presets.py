@@ -98,21 +98,6 @@ NET_PRESETS: dict[str, dict[str, Any]] = {
         "dropout": 0.0,
         "patch_size": 2,
     },
-    # the "cpu_patch" network for dense labels (configs/segmentation_cpu.json): its code channels predict the
-    # clean code mask, not the velocity (SymmFlowUNet y_prediction "data"), so the noise of y_t at t = 1 does
-    # not have to be copied through the UNet to cancel; with velocity output the 30-minute CelebAMask-HQ run
-    # kept most of that noise in its one-step masks (docs/results.md)
-    "cpu_segmentation": {
-        "network": "monai",
-        "channels": (64, 64),
-        "num_res_blocks": 1,
-        "attention_levels": (False, True),
-        "num_head_channels": 32,
-        "norm_num_groups": 8,
-        "dropout": 0.0,
-        "patch_size": 2,
-        "y_prediction": "data",
-    },
     # for tests: milliseconds per forward pass. attention_levels is left to the default (none) so
     # that overriding `channels` with more levels still builds.
     "tiny": {
@@ -154,6 +139,11 @@ NET_PRESETS: dict[str, dict[str, Any]] = {
         "sample_size": 8,
     },
 }
+# the "cpu_patch" network for dense labels (configs/segmentation_cpu.json): its code channels predict the
+# clean code mask, not the velocity (SymmFlowUNet y_prediction "data"), so the noise of y_t at t = 1 does
+# not have to be copied through the UNet to cancel; with velocity output the 30-minute CelebAMask-HQ run
+# kept most of that noise in its one-step masks (docs/results.md)
+NET_PRESETS["cpu_segmentation"] = {**NET_PRESETS["cpu_patch"], "y_prediction": "data"}
 
 def _constructor_args(cls: type[nn.Module]) -> frozenset[str]:
     return frozenset(inspect.signature(cls.__init__).parameters) - {"self", "x_channels", "y_channels"}

@@ -48,7 +48,7 @@ from torch import nn
 from medsymmflow.checks import positive_float, positive_int
 from medsymmflow.io import load_checkpoint
 from medsymmflow.networks.latent import _looks_like_repo_id, _offline
-from medsymmflow.networks.unet import _as_tuple, check_velocity_inputs
+from medsymmflow.networks.unet import _as_tuple, check_group_widths, check_velocity_inputs
 
 __all__ = ["SD21_BASE", "SD_TIME_SCALE", "SymmFlowSDUNet", "UNetLoadError", "load_pretrained_unet"]
 
@@ -207,13 +207,7 @@ class SymmFlowSDUNet(nn.Module):
                 f"down_block_types ({len(down)}) and up_block_types ({len(up)}) need one entry per level "
                 f"of block_out_channels={widths} ({levels})"
             )
-        norm_num_groups = positive_int(norm_num_groups, "norm_num_groups")
-        bad = [c for c in widths if c % norm_num_groups]
-        if bad:
-            raise ValueError(
-                f"every width in block_out_channels={widths} must be divisible by norm_num_groups={norm_num_groups}; "
-                f"{bad} are not"
-            )
+        norm_num_groups = check_group_widths(widths, norm_num_groups, "block_out_channels")
         heads = _as_tuple(attention_head_dim, levels, "attention_head_dim")
         # the up path runs the levels coarsest first; the middle block attends at the last width
         attends = [i for i in range(levels) if down[i] in _CROSS_ATTENTION_BLOCKS or up[levels - 1 - i] in _CROSS_ATTENTION_BLOCKS]

@@ -25,7 +25,7 @@ from torch import nn
 
 from medsymmflow.checks import positive_int
 
-__all__ = ["DATA_PREDICTION_MIN_T", "SymmFlowUNet", "Y_PREDICTIONS", "check_velocity_inputs", "predicts_data"]
+__all__ = ["DATA_PREDICTION_MIN_T", "SymmFlowUNet", "Y_PREDICTIONS", "check_group_widths", "check_velocity_inputs", "predicts_data"]
 
 
 def _dropout_pre_hook(module: nn.Module, args: tuple[torch.Tensor, ...], p: float) -> tuple[torch.Tensor, ...]:
@@ -75,6 +75,17 @@ Y_PREDICTIONS = ("velocity", "data")
 # below this t a data-predicting network's velocity (y_t - y_hat) / t is taken at this t: the quotient
 # stays bounded where y_t and y_hat are both the clean code
 DATA_PREDICTION_MIN_T = 1e-3
+
+
+def check_group_widths(widths: Sequence[int], norm_num_groups: int, name: str) -> int:
+    """``norm_num_groups`` as an int, after checking that GroupNorm can split every width of ``widths`` (named ``name``)."""
+    norm_num_groups = positive_int(norm_num_groups, "norm_num_groups")
+    bad = [c for c in widths if c % norm_num_groups]
+    if bad:
+        raise ValueError(
+            f"every width in {name}={tuple(widths)} must be divisible by norm_num_groups={norm_num_groups}; {bad} are not"
+        )
+    return norm_num_groups
 
 
 class SymmFlowUNet(nn.Module):
@@ -147,13 +158,7 @@ class SymmFlowUNet(nn.Module):
         if not channels or any(c < 1 for c in channels):
             raise ValueError(f"channels must be a non-empty sequence of positive widths, got {channels}")
         levels = len(channels)
-        norm_num_groups = positive_int(norm_num_groups, "norm_num_groups")
-        bad = [c for c in channels if c % norm_num_groups]
-        if bad:
-            raise ValueError(
-                f"every width in channels={channels} must be divisible by norm_num_groups={norm_num_groups}; "
-                f"{bad} are not"
-            )
+        norm_num_groups = check_group_widths(channels, norm_num_groups, "channels")
         attention = (False,) * levels if attention_levels is None else tuple(bool(a) for a in attention_levels)
         if len(attention) != levels:
             raise ValueError(
