@@ -33,8 +33,9 @@ LAYERS: dict[int, tuple[str, tuple[str, ...]]] = {
     # building blocks: data (MedMNIST arrays, image files, samplers), MONAI transforms, the flow path /
     # loss / solver, the networks (the VAE codec loads its file through io)
     1: ("building blocks", ("medsymmflow.data", "medsymmflow.transforms", "medsymmflow.flow", "medsymmflow.networks")),
-    # inference: the inferers (classify and sample with a network, one ODE solve per call)
-    2: ("inference", ("medsymmflow.inferers",)),
+    # inference: the inferers (classify and sample with a network, one ODE solve per call) and ood (the
+    # velocity-prediction error of images under a network, an out-of-distribution score)
+    2: ("inference", ("medsymmflow.inferers", "medsymmflow.ood")),
     # metrics: pure functions and torchmetrics classes over the arrays, images and classifiers they are
     # given; they never load checkpoints, generate or train
     3: ("metrics", ("medsymmflow.metrics",)),

@@ -1,4 +1,4 @@
-"""Metrics: ACC / AUC, uncertainty scores, selective prediction (accuracy-rejection, AURC, E-AURC), calibration, FID, CAS and synthesis scores.
+"""Metrics: ACC / AUC, uncertainty scores, selective prediction (accuracy-rejection, AURC, E-AURC), calibration, OOD AUROC, FID, CAS and synthesis scores.
 
 Pure functions and torchmetrics classes over the arrays, images and callables they are given; report
 writing and plots live in :mod:`medsymmflow.reports`.
@@ -124,3 +124,8 @@ from medsymmflow.metrics.segmentation import (  # noqa: E402
 )
 
 __all__ += ["SegmentationMetrics", "image_uncertainty", "iou_from_confusion", "mean_iou", "pixel_accuracy"]
+
+# Out-of-distribution detection (appended): AUROC of in-distribution against OOD scores, max-softmax.
+from medsymmflow.metrics.ood import max_softmax_uncertainty, ood_auroc, ood_aurocs  # noqa: E402
+
+__all__ += ["max_softmax_uncertainty", "ood_auroc", "ood_aurocs"]
