@@ -30,12 +30,11 @@ from medsymmflow.io import atomic_write
 from medsymmflow.precision import AUTOCAST_CHOICES
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the side-by-side training (shared with ``unified.py``)."""
     parser.add_argument("--flag", required=True, help="2-D MedMNIST flag")
     parser.add_argument("--dataset-dir", required=True, help="folder holding <flag>.npz")
     parser.add_argument("--budget-minutes", type=float, default=30.0, help="wall-clock training budget per model")
-    parser.add_argument("--output-dir", default=None, help="default: runs/bench/<flag>")
     parser.add_argument("--threads-each", type=int, default=1, help="CPU threads per model while both train")
     parser.add_argument("--sequential", action="store_true", help="train one model after the other instead of side by side")
     parser.add_argument("--steps", type=int, default=None, help="reverse Euler steps for medsymmflow classification (default: the recipe's)")
@@ -50,7 +49,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--report-only", action="store_true", help="skip training: report on the runs already in --output-dir")
     parser.add_argument("--override", action="append", default=[], help="extra bundle override, e.g. --override=--training#x_weight=0.5")
-    args = parser.parse_args(argv)
+
+
+def resolve_training_arguments(args: argparse.Namespace) -> argparse.Namespace:
+    """Fill in the defaults that come from the recipe (precision, batch sizes)."""
     recipe = json.loads((REPO / "configs" / "cpu.json").read_text())
     if args.autocast is None:  # both models get the recipe's precision, so the comparison stays fair
         args.autocast = str(recipe.get("evaluation#autocast") or "none")
@@ -58,6 +60,13 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.resnet_batch_size is None:  # same number of updates per epoch on both sides
         args.resnet_batch_size = args.batch_size
     return args
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_training_arguments(parser)
+    parser.add_argument("--output-dir", default=None, help="default: runs/bench/<flag>")
+    return resolve_training_arguments(parser.parse_args(argv))
 
 
 def _bundle_command(args: argparse.Namespace, out: Path) -> list[str]:
@@ -86,43 +95,39 @@ def _resnet_command(args: argparse.Namespace, out: Path) -> list[str]:
 
 
 def _throughput(
-    channels: int, num_classes: int, code_kind: str, preset: str, steps: int, draws: int, autocast: str
+    channels: int, num_classes: int, code_kind: str, preset: str, steps: int, draws: int, autocast: str,
+    batch_size: int = 256, repeats: int = 5,
 ) -> dict[str, Any]:
+    """medsymmflow classification (``steps`` x ``draws``) against the ResNet-18 forward at ``batch_size``, freshly initialised networks."""
     import torch
     from throughput import compare_throughput, resnet_classifier, symmflow_classifier
 
-    images = torch.randn(256, channels, 28, 28)
+    images = torch.randn(batch_size, channels, 28, 28)
     resnet, _ = resnet_classifier(channels, num_classes, 28, autocast)
     flow, _ = symmflow_classifier(preset, channels, num_classes, code_kind, steps, draws, 0, autocast)
-    return compare_throughput(flow, resnet, images, repeats=5, warmup=1)
+    return compare_throughput(flow, resnet, images, repeats=repeats, warmup=1)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run both trainings, read their test metrics, time throughput, print a table and write results.json."""
-    args = _parse_args(argv)
-    out = Path(args.output_dir or REPO / "runs" / "bench" / args.flag).resolve()
+def train_side_by_side(args: argparse.Namespace, out: Path, name: str = "classification") -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
+    """Train both models into ``out/medsymmflow`` and ``out/resnet18`` (nothing with ``--report-only``); wall seconds and both metrics.json."""
     flow_out, resnet_out = out / "medsymmflow", out / "resnet18"
     jobs = [
         ("medsymmflow", _bundle_command(args, flow_out), out / "medsymmflow.log"),
         ("resnet18", _resnet_command(args, resnet_out), out / "resnet18.log"),
     ]
     wall = run_jobs(jobs, args.threads_each, sequential=args.sequential, report_only=args.report_only)
-
     missing = [str(p) for p in (flow_out / "metrics.json", resnet_out / "metrics.json") if not p.is_file()]
     if missing:
         raise SystemExit(
-            f"classification benchmark: no test metrics at {', '.join(missing)}; "
+            f"{name} benchmark: no test metrics at {', '.join(missing)}; "
             + ("--report-only needs the --output-dir of a finished run" if args.report_only else "see the training logs in " + str(out))
         )
-    flow = json.loads((flow_out / "metrics.json").read_text())
-    resnet = json.loads((resnet_out / "metrics.json").read_text())
-    from medsymmflow.data import medmnist_info
+    return wall, json.loads((flow_out / "metrics.json").read_text()), json.loads((resnet_out / "metrics.json").read_text())
 
-    channels = int(medmnist_info(args.flag)["n_channels"])
-    # the setting that produced the test figures, as recorded by the evaluation
-    steps, draws = int(flow["steps"]), int(flow["draws"])
-    speed = _throughput(channels, int(flow["num_classes"]), flow["code_kind"], flow["net_preset"], steps, draws, args.autocast)
-    rows = {
+
+def classification_rows(flow: dict[str, Any], resnet: dict[str, Any], wall: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """Test ACC / AUC (medmnist's Evaluator; medsymmflow: mean and 2 sigma over its inference runs) and training minutes of both models."""
+    return {
         "medsymmflow": {
             "acc": flow["summary"]["medmnist"]["acc"]["mean"],
             "acc_2sigma": flow["summary"]["medmnist"]["acc"]["two_sigma"],
@@ -136,6 +141,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "wall_minutes": wall["resnet18"] / 60,
         },
     }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run both trainings, read their test metrics, time throughput, print a table and write results.json."""
+    args = _parse_args(argv)
+    out = Path(args.output_dir or REPO / "runs" / "bench" / args.flag).resolve()
+    wall, flow, resnet = train_side_by_side(args, out)
+    from medsymmflow.data import medmnist_info
+
+    channels = int(medmnist_info(args.flag)["n_channels"])
+    # the setting that produced the test figures, as recorded by the evaluation
+    steps, draws = int(flow["steps"]), int(flow["draws"])
+    speed = _throughput(channels, int(flow["num_classes"]), flow["code_kind"], flow["net_preset"], steps, draws, args.autocast)
+    rows = classification_rows(flow, resnet, wall)
     results = {
         "flag": args.flag,
         "budget_minutes": args.budget_minutes,
