@@ -8,7 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["DECOUPLED_MODES", "TIME_SCHEDULES", "SymmFlowLoss", "TimeSampler"]
+__all__ = ["DECOUPLED_MODES", "TIME_SCHEDULES", "SymmFlowLoss", "TimeSampler", "check_decoupled_modes"]
 
 TIME_SCHEDULES = ("uniform", "logit_normal", "power", "mixture")
 # the (t_x, t_y) of a decoupled row, in the order of TimeSampler's decoupled_modes
@@ -62,7 +62,7 @@ class TimeSampler:
             raise ValueError(f"decoupled (the fraction of decoupled rows) must be a number in [0, 1], got {decoupled!r}")
         self.schedule, self.loc, self.scale, self.skew, self.p_one = schedule, loc, scale, skew, p_one
         self.decoupled = float(decoupled)
-        self.decoupled_modes = _check_modes(decoupled_modes)
+        self.decoupled_modes = check_decoupled_modes(decoupled_modes)
 
     def __call__(
         self, batch_size: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
@@ -98,7 +98,7 @@ class TimeSampler:
         return torch.where(pick, torch.ones_like(u), u)
 
 
-def _check_modes(modes: Sequence[float]) -> tuple[float, float, float]:
+def check_decoupled_modes(modes: Sequence[float]) -> tuple[float, float, float]:
     """``modes`` (weights of generate, classify, unconditional) as probabilities; a ValueError unless three weights >= 0 with a positive sum."""
     try:
         values = tuple(float(p) for p in modes)
