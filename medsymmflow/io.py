@@ -122,12 +122,14 @@ class RunInfo:
     """What a checkpoint was trained on; loading a checkpoint of another dataset, codebook or VAE fails clearly.
 
     ``vae`` is optional: ``"none"`` for a pixel-space run, the :attr:`LatentCodec.identity` of a latent
-    one; checkpoints written before it existed count as ``"none"``. Other extra keys are stored, not checked;
+    one; checkpoints written before it existed count as ``"none"``. So is ``decoupled_time`` (whether the
+    network has a second time input for the label, ``training#time_decoupled > 0``; older checkpoints count
+    as False): a checkpoint loads only into a network of its own kind. Other extra keys are stored, not checked;
     one given as None is left out (a bundle's ``vae_source`` of a pixel-space run).
     """
 
     KEYS = ("flag", "num_classes", "code_kind", "image_channels", "code_channels", "size", "net_preset")
-    OPTIONAL = {"vae": "none"}
+    OPTIONAL = {"vae": "none", "decoupled_time": False}
 
     def __init__(self, **info: Any) -> None:
         missing = [k for k in self.KEYS if k not in info]
@@ -147,14 +149,14 @@ class RunInfo:
                 "the checkpoint's run identity (run_info) is empty or not a dict; it was not written by a medsymmflow bundle"
             )
         expected = {k: state.get(k) for k in self.KEYS} | {k: state.get(k, v) for k, v in self.OPTIONAL.items()}
-        diffs = [
-            f"{k}: checkpoint {v!r} vs this run {self.info[k]!r}" for k, v in expected.items() if str(v) != str(self.info[k])
-        ]
+        differing = [k for k, v in expected.items() if str(v) != str(self.info[k])]
+        diffs = [f"{k}: checkpoint {expected[k]!r} vs this run {self.info[k]!r}" for k in differing]
         if diffs:
             raise ValueError(
                 "the checkpoint was trained for a different dataset, codebook or VAE ("
                 + "; ".join(diffs)
-                + "). Point --ckpt_path at a checkpoint of this dataset or change the overrides to match it."
+                + "). Point --ckpt_path at a checkpoint of this dataset or change the overrides to match it"
+                + (" (decoupled_time is on when training#time_decoupled > 0)." if "decoupled_time" in differing else ".")
             )
 
 

@@ -39,6 +39,7 @@ from medsymmflow.checks import (
 )
 from medsymmflow.codes import SCORES
 from medsymmflow.data.medmnist import MEDMNIST_SPLITS
+from medsymmflow.flow.loss import check_decoupled_modes
 from medsymmflow.flow.solver import FIXED_STEP_METHODS, check_method
 from medsymmflow.inferers import INFERER_DECISIONS
 from medsymmflow.metrics.synthesis import LPIPS_NETS
@@ -76,6 +77,20 @@ def _choice(choices: Sequence[str]) -> Callable[[Any, str], Any]:
     return lambda value, name: one_of(value, choices, name)
 
 
+def _fraction(value: Any, name: str) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return value
+
+
+def _decoupled_modes(value: Any, name: str) -> Any:
+    try:
+        check_decoupled_modes(value)
+    except ValueError as e:
+        raise ValueError(f"{name}: {e}") from None
+    return value
+
+
 # setting -> validator(value, name): the same checks and choices the objects fed by the setting apply
 RULES: dict[str, Callable[[Any, str], Any]] = {
     "epochs": positive_int,
@@ -103,6 +118,8 @@ RULES: dict[str, Callable[[Any, str], Any]] = {
     "training#plan_epochs": boolean,
     "training#augment": boolean,
     "training#evaluate_after_training": boolean,
+    "training#time_decoupled": _fraction,
+    "training#time_decoupled_modes": _decoupled_modes,
     "evaluation#split": _choice(MEDMNIST_SPLITS),
     "evaluation#steps": positive_int,
     "evaluation#method": check_method,
@@ -142,12 +159,6 @@ def _optional_file(value: Any, name: str) -> Any:
 def _dataset_folder(value: Any, name: str) -> Any:
     if value is None or not str(value).strip():
         raise ValueError(f"{name} is not set: pass --{name} FOLDER (the dataset's folder of images and label maps)")
-    return value
-
-
-def _fraction(value: Any, name: str) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
     return value
 
 

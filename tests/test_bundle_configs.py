@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Collection
+import os
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,10 @@ PER_DATASET = {
 }
 # keys a bundle's workflows hold differently by design: the training settings, the workflow steps, comments
 PER_WORKFLOW = {"training", "initialize", "run", "_comment"}
+# the classification bundles' decoupled times (the segmentation bundles train with coupled times only); the
+# first is also in their evaluate.json / inference.json, as the network it gives has a second time input
+DECOUPLED_TIME = ("time_decoupled",)
+CLASSIFICATION_ONLY_TRAINING = {"time_decoupled", "time_decoupled_modes"}
 # the latent bundle's evaluation runs 224 px images through a VAE: smaller batches
 LATENT_OWN_EVALUATION = {"batch_size"}
 _MISSING = object()
@@ -52,7 +58,9 @@ def test_a_bundles_workflows_agree_on_the_settings_they_share(bundle: str) -> No
         shared = train.keys() & other.keys()
         keys = differing_keys({k: train[k] for k in shared}, {k: other[k] for k in shared}, PER_WORKFLOW)
         assert not keys, f"bundles/{bundle}/{name} and train.json hold different {keys}"
-        assert other["training"] == {}, f"bundles/{bundle}/{name}: training is there only for configs/cpu.json"
+        # training is there for configs/cpu.json and for the one training setting that shapes the network
+        network_shaping = {k: train["training"][k] for k in DECOUPLED_TIME if k in train["training"]}
+        assert other["training"] == network_shaping, f"bundles/{bundle}/{name}: training holds only {sorted(network_shaping)}"
 
 
 def test_the_latent_bundle_trains_and_evaluates_with_the_shared_settings() -> None:
@@ -69,7 +77,7 @@ def read_config(name: str) -> dict[str, Any]:
 
 # the pieces of the segmentation training workflow that are the classification workflow's, key for key
 SHARED_TRAIN_PIECES = (
-    "optimizer", "lr_scheduler", "ema", "loss", "path", "time_sampler", "save_dict", "handlers", "prepared_network", "network",
+    "optimizer", "lr_scheduler", "ema", "loss", "path", "save_dict", "handlers", "prepared_network", "network",
     "main_process_handlers", "stop_on_signal", "checkpoint_saver", "resume_from", "checkpoint_loader",
     "checkpoint_handlers",
 )
@@ -79,6 +87,9 @@ def test_the_segmentation_workflow_shares_the_classification_workflows_training_
     seg, cls = read_config("segmentation_train.json"), read_config("train.json")
     keys = [k for k in SHARED_TRAIN_PIECES if seg["train"][k] != cls["train"][k]]
     assert not keys, f"configs/segmentation_train.json train#{keys} differ from configs/train.json's"
+    # the classification sampler adds the decoupled rows to the segmentation one's coupled schedule
+    decoupled = {"decoupled", "decoupled_modes"}
+    assert {k: v for k, v in cls["train"]["time_sampler"].items() if k not in decoupled} == seg["train"]["time_sampler"]
     # the same handlers, except that the epoch seed also re-seeds the random crops and flips
     seg_handlers, cls_handlers = seg["train"]["base_handlers"], cls["train"]["base_handlers"]
     assert seg_handlers[1:] == cls_handlers[1:]
@@ -96,7 +107,7 @@ def test_the_segmentation_workflow_shares_the_classification_workflows_training_
 def test_the_segmentation_bundles_and_their_cpu_recipe_use_the_shared_settings() -> None:
     train, medmnist = read("celebamask_hq", "train.json"), read(MEDMNIST_BUNDLES[0], "train.json")
     # its training settings are the classification bundles', minus class balancing and validation runs, plus its own defaults
-    own = {"x_weight", "val_interval", "augment", "val_runs", "latent_cache", "latent_mask_draws"}
+    own = {"x_weight", "val_interval", "augment", "val_runs", "latent_cache", "latent_mask_draws"} | CLASSIFICATION_ONLY_TRAINING
     keys = differing_keys(train["training"], medmnist["training"], own)
     assert not keys, f"bundles/celebamask_hq/train.json training differs from the MedMNIST bundles' in {keys}"
     assert train["training"]["x_weight"] == 0.7  # the authors' weighting of the image half
@@ -175,3 +186,43 @@ def test_the_paper_setting_is_the_released_codes_latent_model(bundle: str) -> No
     assert (parser.get("training#x_weight"), parser.get("training#weight_decay"), parser.get("training#ema_decay")) == (0.7, 0.0, 0.9999)
     assert (parser.get("code_kind"), parser.get("beta")) == {"celebamask_hq": ("celebamask", 10.0), "cocostuff": ("palette", 6.0)}[bundle]
     assert parser.get("training#autocast") == "auto" and 25 in parser.get("evaluation#steps")
+
+
+@contextlib.contextmanager
+def _parsed(files: list[str], overrides: dict[str, Any]) -> Iterator[Any]:
+    """A ConfigParser of the repository files ``files`` with ``overrides``, parsed and used from the repository root."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the %configs/... macros are relative to the repository root
+    try:
+        parser.read_config([str(REPO / f) for f in files])
+        parser.update(overrides)
+        parser.parse()
+        yield parser
+    finally:
+        os.chdir(cwd)
+
+
+def test_time_decoupled_alone_gives_a_decoupled_network_sampler_and_run_identity() -> None:
+    from medsymmflow.networks import is_decoupled
+
+    overrides = {"net_preset": "tiny", "device": "cpu", "training#time_decoupled": 0.5}
+    with _parsed(["bundles/pneumoniamnist/train.json", "configs/cpu.json"], overrides) as parser:
+        sampler = parser.get_parsed_content("train#time_sampler")
+        assert sampler.decoupled == 0.5 and sampler.decoupled_modes == (1 / 3, 1 / 3, 1 / 3)
+        assert sampler.schedule == "mixture" and sampler.p_one == 0.5  # the recipe's coupled rows are kept
+        assert is_decoupled(parser.get_parsed_content("common#network"))
+        trained = parser.get_parsed_content("common#run_info")
+        assert trained.state_dict()["decoupled_time"] is True
+    # the default is the paper's coupled path, and its run identity refuses the decoupled checkpoint
+    evaluate = ["bundles/pneumoniamnist/evaluate.json", "configs/cpu.json"]
+    with _parsed(evaluate, {"net_preset": "tiny", "device": "cpu"}) as parser:
+        assert not is_decoupled(parser.get_parsed_content("common#network"))
+        with pytest.raises(ValueError, match="decoupled_time: checkpoint True vs this run False.*training#time_decoupled > 0"):
+            parser.get_parsed_content("common#run_info").load_state_dict(trained.state_dict())
+    # evaluate.json takes the same setting and builds the network the checkpoint holds
+    with _parsed(evaluate, overrides) as parser:
+        assert is_decoupled(parser.get_parsed_content("evaluate#network"))
+        parser.get_parsed_content("common#run_info").load_state_dict(trained.state_dict())

@@ -1,4 +1,4 @@
-"""Engine handlers: budgets and epoch planning, seeding, atomic checkpoints, run identity, EMA, error hook."""
+"""Engine handlers (budgets and epoch planning, seeding, atomic checkpoints, run identity, EMA, error hook); the trainer's decoupled times."""
 
 from __future__ import annotations
 
@@ -13,14 +13,17 @@ import torch
 from ignite.engine import Engine, Events
 from monai.optimizers import WarmupCosineSchedule
 
+from medsymmflow.codes import ClassCodebook
 from medsymmflow.engines import (
     AtomicCheckpointSaver,
     EMAUpdate,
     EpochSeedHandler,
+    SymmFlowTrainer,
     TrainingBudget,
 )
+from medsymmflow.flow import SymmetricPath, SymmFlowLoss, TimeSampler
 from medsymmflow.io import RunInfo, atomic_write, load_checkpoint
-from medsymmflow.networks import create_ema
+from medsymmflow.networks import build_network, create_ema
 
 
 class FakeClock:
@@ -196,3 +199,80 @@ def test_error_hook_prints_one_line_for_package_errors(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
     full = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env | {"MEDSYMMFLOW_TRACEBACK": "1"})
     assert "Traceback" in full.stderr
+
+
+def _decoupled_trainer(net: torch.nn.Module, sampler: TimeSampler, x_weight: float = 0.5, lr: float = 0.0) -> SymmFlowTrainer:
+    """A SymmFlowTrainer of ``net`` with mean endpoint targets; one-hot codes of 2 classes."""
+    return SymmFlowTrainer(
+        device="cpu", max_epochs=1, train_data_loader=[], network=net,
+        optimizer=torch.optim.Adam(net.parameters(), lr=lr) if lr else torch.optim.SGD(net.parameters(), lr=0.0),
+        codebook=ClassCodebook.onehot(2), loss_function=SymmFlowLoss(x_weight=x_weight),
+        path=SymmetricPath(1e-4, endpoint_targets="mean"), time_sampler=sampler,
+    )
+
+
+def _batch(n: int = 8, seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return {"image": torch.rand(n, 1, 8, 8, generator=gen) * 2 - 1, "label": torch.arange(n) % 2}
+
+
+@pytest.mark.parametrize("y_prediction", ["velocity", "data"])
+def test_trainer_loss_at_the_decoupled_modes_endpoints(y_prediction: str) -> None:
+    # a fresh MONAI UNet outputs zeros (its last convolution starts at zero): the loss is the targets' mean square,
+    # which at the modes' fixed ends is the mean target, free of noise, if the path and the loss read the right column
+    torch.manual_seed(0)
+    net = build_network("tiny", 1, 2, decoupled_time=True, y_prediction=y_prediction)
+    batch, a = _batch(), 1 - 1e-4
+
+    def loss(modes: tuple[int, int, int], x_weight: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The iteration's loss and the dequantized code it drew (the same seed draws the same dequantization first)."""
+        engine = _decoupled_trainer(net, TimeSampler(decoupled=1.0, decoupled_modes=modes), x_weight=x_weight)
+        torch.manual_seed(1)
+        code = engine.code_targets(batch["label"], (8, 8), torch.device("cpu"))
+        torch.manual_seed(1)
+        return engine._iteration(engine, batch)["loss"], code
+
+    classify, generate = (0, 1, 0), (1, 0, 0)
+    # classify rows, t_x = 1: the image target is x itself
+    torch.testing.assert_close(loss(classify, 1.0)[0], batch["image"].square().mean())
+    # generate rows, t_y = 0: the label target is -(1 - s) y; a data prediction's loss is on y_hat = y_t - t_y v_y,
+    # here y_t = y at t_y = 0, against the code: zero
+    got, code = loss(generate, 0.0)
+    torch.testing.assert_close(got, (a * code).square().mean() if y_prediction == "velocity" else torch.tensor(0.0))
+    if y_prediction == "data":
+        # classify rows, t_y ~ U(0, 1): y_hat = y_t - t_y (y_t - 0) / t_y = 0, so the loss is the code's mean square
+        got, code = loss(classify, 0.0)
+        torch.testing.assert_close(got, code.square().mean(), atol=1e-6, rtol=1e-5)
+
+
+def test_trainer_passes_the_two_times_to_the_network_and_learns() -> None:
+    torch.manual_seed(0)
+    net = build_network("tiny", 1, 2, decoupled_time=True)
+    seen: list[torch.Tensor] = []
+    net.register_forward_pre_hook(lambda module, args: seen.append(args[2].clone()))
+    sampler = TimeSampler(decoupled=0.5)
+    engine = _decoupled_trainer(net, sampler, lr=3e-3)
+    batch = _batch(16)
+    # a fixed probe: one row of each mode and coupled rows, fixed noise
+    path, loss_fn = engine.path, engine.loss_function
+    code = engine.code_targets(batch["label"], (8, 8), torch.device("cpu"))
+    t = torch.tensor([[0.5, 0.0], [1.0, 0.5], [0.5, 1.0], [0.3, 0.3]] * 4)
+    probe = path.sample(batch["image"], code, t, generator=torch.Generator().manual_seed(5))
+
+    def probe_loss() -> float:
+        with torch.no_grad():
+            v_x, v_y = net(probe.x_t, probe.y_t, probe.t)
+            return loss_fn(v_x, v_y, probe.dx_t, probe.dy_t).item()
+
+    before = probe_loss()
+    for _ in range(30):
+        engine._iteration(engine, batch)
+    assert all(s.shape == (16, 2) for s in seen[1:]) and any((s[:, 0] != s[:, 1]).any() for s in seen[1:])
+    assert probe_loss() < 0.8 * before
+
+
+def test_trainer_refuses_decoupled_times_for_a_coupled_network() -> None:
+    with pytest.raises(ValueError, match="build it with decoupled_time=True .*training#time_decoupled"):
+        _decoupled_trainer(build_network("tiny", 1, 2), TimeSampler(decoupled=0.25))
+    # wrapped networks (EMA, DDP, compiled) are asked through their module
+    _decoupled_trainer(create_ema(build_network("tiny", 1, 2, decoupled_time=True)), TimeSampler(decoupled=0.25))

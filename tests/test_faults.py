@@ -248,6 +248,11 @@ def test_check_settings_uses_the_library_checks() -> None:
         check_settings({"evaluation": {"decision": "best"}})
     with pytest.raises(ValueError, match="download must be true or false, got 'maybe'"):
         check_settings({"download": "maybe"})
+    with pytest.raises(ValueError) as err:
+        check_settings({"training": {"time_decoupled": 1.5, "time_decoupled_modes": [1, 1]}})
+    assert "training#time_decoupled must be a number in [0, 1], got 1.5" in str(err.value)
+    assert "training#time_decoupled_modes: decoupled_modes must be three weights" in str(err.value)
+    check_settings({"training": {"time_decoupled": 0.25, "time_decoupled_modes": [1, 0, 2]}})
     # the inferer refuses the same values at construction (not at its first batch)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         SymmFlowClassifier(ClassCodebook.rgb(2), steps=0)

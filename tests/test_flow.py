@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from medsymmflow.codes import ClassCodebook
-from medsymmflow.flow import ADAPTIVE_METHODS, METHODS, SymmetricPath, SymmFlowLoss, SymmFlowSolver, TimeSampler, time_grid
+from medsymmflow.flow import (
+    ADAPTIVE_METHODS,
+    METHODS,
+    SymmetricPath,
+    SymmFlowLoss,
+    SymmFlowSolver,
+    TimeSampler,
+    split_times,
+    time_grid,
+)
 
 
 @pytest.mark.parametrize("sigma", [0.0, 1e-4, 0.1])
@@ -97,6 +106,168 @@ def test_time_schedules() -> None:
     assert abs((mix == 1).float().mean().item() - 0.25) < 0.02
     with pytest.raises(ValueError, match="unknown time schedule"):
         TimeSampler("cosine")
+
+
+def _endpoints(batch: int = 5) -> tuple[torch.Tensor, ...]:
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(batch, 1, 4, 4, generator=gen), torch.randn(batch, 3, 4, 4, generator=gen)
+    return x, y, torch.randn(x.shape, generator=gen), torch.randn(y.shape, generator=gen)
+
+
+@pytest.mark.parametrize("sigma", [0.0, 1e-4, 0.1])
+def test_decoupled_path_moves_each_half_with_its_own_time(sigma: float) -> None:
+    path = SymmetricPath(sigma_min=sigma)
+    x, y, nx, ny = _endpoints()
+    u = 0.35
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, u], [u, 0.0], [u, 1.0]])
+    s = path.sample(x, y, t, nx, ny)
+    a = 1 - sigma
+    close = torch.testing.assert_close
+    close(s.x_t[0], x[0] + sigma * nx[0])  # (1, 0): clean image (up to s), clean label
+    close(s.y_t[0], y[0])
+    close(s.x_t[1], nx[1])  # (0, 1): noise on both halves
+    close(s.y_t[1], ny[1] + sigma * y[1])
+    close(s.x_t[2], x[2] + sigma * nx[2])  # (1, u): the classifier's clean image, the label on its way
+    close(s.y_t[2], (1 - a * u) * y[2] + u * ny[2])
+    close(s.x_t[3], (1 - a * u) * nx[3] + u * x[3])  # (u, 0): the generator's clean label
+    close(s.y_t[3], y[3])
+    close(s.y_t[4], ny[4] + sigma * y[4])  # (u, 1): the label is noise (unconditional)
+    # each half is the coupled path at its own time; the targets do not depend on time
+    coupled_x = path.sample(x, y, t[:, 0], nx, ny)
+    coupled_y = path.sample(x, y, t[:, 1], nx, ny)
+    assert torch.equal(s.x_t, coupled_x.x_t) and torch.equal(s.y_t, coupled_y.y_t)
+    close(s.dx_t, x - a * nx)
+    close(s.dy_t, ny - a * y)
+    assert s.t is t or torch.equal(s.t, t)
+    # the target is the derivative of each half in its own time
+    h, base = 1e-3, torch.tensor([[0.4, 0.6]] * 5)
+    dx = torch.tensor([[h, 0.0]] * 5)
+    xa, ya = path.interpolate(x, y, nx, ny, base + dx)
+    xb, yb = path.interpolate(x, y, nx, ny, base - dx)
+    close((xa - xb) / (2 * h), s.dx_t, atol=1e-3, rtol=1e-3)
+    assert torch.equal(ya, yb)  # moving t_x leaves the label alone
+    xa, ya = path.interpolate(x, y, nx, ny, base + dx.flip(1))
+    xb, yb = path.interpolate(x, y, nx, ny, base - dx.flip(1))
+    close((ya - yb) / (2 * h), s.dy_t, atol=1e-3, rtol=1e-3)
+    assert torch.equal(xa, xb)
+    # recover inverts the decoupled interpolation too
+    rx, ry = path.recover(s.x_t, s.y_t, s.dx_t, s.dy_t, t)
+    close(rx, x, atol=1e-4, rtol=1e-4)
+    close(ry, y, atol=1e-4, rtol=1e-4)
+
+
+def test_decoupled_endpoint_means_apply_per_half() -> None:
+    sigma = 1e-4
+    path = SymmetricPath(sigma, endpoint_targets="mean")
+    x, y, nx, ny = _endpoints()
+    t = torch.tensor([[1.0, 0.5], [0.5, 0.0], [1.0, 0.0], [0.3, 1.0], [0.0, 1.0]])
+    s = path.sample(x, y, t, nx, ny)
+    a = 1 - sigma
+    x_mean, y_mean = (t[:, 0] == 1).view(-1, 1, 1, 1), (t[:, 1] == 0).view(-1, 1, 1, 1)
+    assert torch.equal(s.dx_t, torch.where(x_mean, x, x - a * nx))  # rows 0, 2: t_x = 1
+    assert torch.equal(s.dy_t, torch.where(y_mean, -a * y, ny - a * y))  # rows 1, 2: t_y = 0
+    assert torch.equal(s.dx_t[1], x[1] - a * nx[1]) and torch.equal(s.dy_t[0], ny[0] - a * y[0])
+
+
+@pytest.mark.parametrize("endpoint_targets", ["sample", "mean"])
+def test_coupled_times_give_the_paper_paths_numbers_exactly(endpoint_targets: str) -> None:
+    sigma = 1e-4
+    path = SymmetricPath(sigma, endpoint_targets=endpoint_targets)
+    x, y, nx, ny = _endpoints()
+    t = torch.tensor([0.0, 0.25, 0.5, 1.0, 0.9])
+    s = path.sample(x, y, t, nx, ny)
+    # the formulas as they stood before decoupled times, written out
+    a, tb = 1.0 - sigma, t.view(-1, 1, 1, 1)
+    dx, dy = x - a * nx, ny - a * y
+    if endpoint_targets == "mean":
+        dx, dy = torch.where(tb == 1, x, dx), torch.where(tb == 0, -a * y, dy)
+    assert torch.equal(s.x_t, (1.0 - a * tb) * nx + tb * x) and torch.equal(s.y_t, (1.0 - a * tb) * y + tb * ny)
+    assert torch.equal(s.dx_t, dx) and torch.equal(s.dy_t, dy) and s.t.shape == (5,)
+    rx, ry = path.recover(s.x_t, s.y_t, s.dx_t, s.dy_t, t)
+    assert torch.equal(rx, (s.x_t + (1.0 - a * tb) * s.dx_t / a) / (tb + (1.0 - a * tb) / a))
+    assert torch.equal(ry, s.y_t - tb * s.dy_t)
+    # a (B, 2) time with equal columns is the same path
+    same = path.sample(x, y, torch.stack([t, t], 1), nx, ny)
+    assert all(torch.equal(getattr(same, k), getattr(s, k)) for k in ("x_t", "y_t", "dx_t", "dy_t"))
+
+
+def test_path_and_split_times_refuse_other_time_shapes() -> None:
+    path = SymmetricPath()
+    x, y, nx, ny = _endpoints()
+    for bad in (torch.zeros(5, 3), torch.zeros(4, 2), torch.zeros(5, 2, 1)):
+        with pytest.raises(ValueError, match=r"\(5, 2\) \(decoupled t_x, t_y\)"):
+            path.sample(x, y, bad, nx, ny)
+    with pytest.raises(ValueError, match="shape \\(B,\\) \\(coupled\\) or \\(B, 2\\)"):
+        split_times(torch.zeros(2, 2, 2))
+    t = torch.rand(3)
+    assert all(c is t for c in split_times(t))
+
+
+def test_decoupled_rows_take_the_three_modes_at_their_rates() -> None:
+    n = 60000
+    sampler = TimeSampler("uniform", decoupled=0.6, decoupled_modes=(5, 3, 2))
+    assert sampler.decoupled_modes == (0.5, 0.3, 0.2)  # weights, normalised
+    t = sampler(n, generator=torch.Generator().manual_seed(0))
+    assert t.shape == (n, 2) and t.dtype == torch.float32 and 0 <= t.min() and t.max() <= 1
+    t_x, t_y = t[:, 0], t[:, 1]
+    coupled = t_x == t_y
+    generate = (t_y == 0) & ~coupled
+    classify = (t_x == 1) & ~coupled
+    unconditional = (t_y == 1) & ~coupled
+    rates = [m.float().mean().item() for m in (coupled, generate, classify, unconditional)]
+    assert (coupled | generate | classify | unconditional).all()
+    for rate, expected in zip(rates, (0.4, 0.6 * 0.5, 0.6 * 0.3, 0.6 * 0.2)):
+        assert abs(rate - expected) < 0.01, (rates, expected)
+    # the free time of each mode is U(0, 1)
+    for free in (t_x[generate], t_y[classify], t_x[unconditional]):
+        assert abs(free.mean().item() - 0.5) < 0.02 and free.min() < 0.05 and free.max() > 0.95
+    # a mode of weight 0 never appears; decoupled = 1 leaves no coupled row
+    t = TimeSampler(decoupled=1.0, decoupled_modes=(0, 1, 0))(1000, generator=torch.Generator().manual_seed(1))
+    assert (t[:, 0] == 1).all() and (t[:, 1] < 1).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"schedule": "logit_normal", "loc": 0.5}, {"schedule": "power", "skew": 1.0}, {"schedule": "mixture", "p_one": 0.5}]
+)
+def test_decoupled_zero_keeps_the_coupled_numbers(kwargs: dict) -> None:
+    n = 257
+    got = TimeSampler(**kwargs)(n, generator=torch.Generator().manual_seed(7))
+    # the draws as they stood before decoupled times, written out
+    g = torch.Generator().manual_seed(7)
+    u = torch.rand(n, generator=g)
+    schedule = kwargs.get("schedule", "uniform")
+    if schedule == "logit_normal":
+        want = torch.sigmoid(0.5 + 1.0 * torch.randn(n, generator=g))
+    elif schedule == "power":
+        want = u.pow(1.0 / 2.0)
+    elif schedule == "mixture":
+        want = torch.where(torch.rand(n, generator=g) < 0.5, torch.ones_like(u), u)
+    else:
+        want = u
+    assert got.shape == (n,) and torch.equal(got, want)
+    # decoupled > 0 keeps those numbers in the coupled rows
+    mixed = TimeSampler(**kwargs, decoupled=0.5)(n, generator=torch.Generator().manual_seed(7))
+    rows = mixed[:, 0] == mixed[:, 1]
+    assert 0.3 < rows.float().mean() < 0.8 and torch.equal(mixed[rows, 0], want[rows])
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"decoupled": 1.5}, "decoupled .* must be a number in \\[0, 1\\], got 1.5"),
+        ({"decoupled": -0.1}, "decoupled .* must be a number in \\[0, 1\\]"),
+        ({"decoupled": True}, "decoupled .* must be a number in \\[0, 1\\], got True"),
+        ({"decoupled": "0.5"}, "decoupled .* must be a number"),
+        ({"decoupled_modes": (1, 1)}, "decoupled_modes must be three weights >= 0 with a positive sum \\(generate, classify, unconditional\\)"),
+        ({"decoupled_modes": (1, -1, 1)}, "decoupled_modes must be three weights"),
+        ({"decoupled_modes": (0, 0, 0)}, "decoupled_modes must be three weights"),
+        ({"decoupled_modes": (float("nan"), 1, 1)}, "decoupled_modes must be three weights"),
+        ({"decoupled_modes": "abc"}, "decoupled_modes must be three weights"),
+    ],
+)
+def test_time_sampler_refuses_bad_decoupled_settings(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        TimeSampler(**kwargs)
 
 
 def test_euler_exact_on_constant_field_both_directions() -> None:

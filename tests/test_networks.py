@@ -17,6 +17,7 @@ from medsymmflow.networks import (
     build_network,
     count_parameters,
     create_ema,
+    is_decoupled,
     predicts_data,
 )
 from medsymmflow.networks.unet import DATA_PREDICTION_MIN_T
@@ -394,3 +395,93 @@ def test_mlp_errors(x, y, t, match) -> None:
         SymmFlowMLP(2, 1)(x, y, t)
     with pytest.raises(ValueError, match="depth"):
         SymmFlowMLP(2, 1, depth=0)
+
+
+def test_a_fresh_decoupled_network_is_the_coupled_one_and_learns_the_label_time() -> None:
+    torch.manual_seed(0)
+    coupled = build_network("tiny", 1, 3).eval()
+    torch.manual_seed(0)
+    net = build_network("tiny", 1, 3, decoupled_time=True).eval()
+    assert is_decoupled(net) and not is_decoupled(coupled) and is_decoupled(create_ema(net))
+    # the UNet's weights are drawn first, the label-time branch after them: same UNet, zero extra embedding
+    assert all(torch.equal(a, net.state_dict()[k]) for k, a in coupled.state_dict().items())
+    _randomize(coupled.unet)
+    net.unet.load_state_dict(coupled.unet.state_dict())
+    x, y = _inputs(4, 1, 3, (8, 8))
+    t_x = torch.tensor([0.2, 0.5, 1.0, 0.7])
+    with torch.no_grad():
+        reference = coupled(x, y, t_x)
+        for t_y in (t_x, torch.zeros(4), torch.ones(4)):
+            out = net(x, y, torch.stack([t_x, t_y], 1))
+            assert all(torch.equal(a, b) for a, b in zip(out, reference))
+    # the t_y branch gets a gradient at once (its zero last layer sees a nonzero hidden activation)
+    net.train()
+    v_x, v_y = net(x, y, torch.stack([t_x, torch.rand(4)], 1))
+    (v_x.square().mean() + v_y.square().mean()).backward()
+    assert net.time_embed_y[2].weight.grad.abs().sum() > 0
+
+
+def test_decoupled_network_reads_t_y_and_takes_coupled_times() -> None:
+    torch.manual_seed(0)
+    net = _randomize(build_network("tiny", 1, 3, decoupled_time=True)).eval()
+    x, y = _inputs(3, 1, 3, (8, 8))
+    t_x = torch.full((3,), 0.4)
+    with torch.no_grad():
+        a = net(x, y, torch.stack([t_x, torch.full((3,), 0.1)], 1))
+        b = net(x, y, torch.stack([t_x, torch.full((3,), 0.9)], 1))
+        assert not torch.allclose(a[0], b[0]) and not torch.allclose(a[1], b[1])
+        # a (B,) or scalar t is t_x = t_y = t
+        same = net(x, y, torch.stack([t_x, t_x], 1))
+        for t in (t_x, 0.4):
+            assert all(torch.equal(u, v) for u, v in zip(net(x, y, t), same))
+        # per row: a row's output depends on its own (t_x, t_y) only
+        mixed = net(x, y, torch.tensor([[0.4, 0.1], [0.4, 0.9], [0.4, 0.1]]))
+        torch.testing.assert_close(mixed[0][1], b[0][1])
+        torch.testing.assert_close(mixed[1][2], a[1][2])
+    with pytest.raises(ValueError, match=r"shape \(3,\) or \(3, 2\), got \(3, 3\)"):
+        net(x, y, torch.zeros(3, 3))
+
+
+def test_a_coupled_network_refuses_two_times() -> None:
+    net = build_network("tiny", 1, 3)
+    x, y = _inputs(2, 1, 3, (8, 8))
+    with pytest.raises(ValueError, match="only a network built with decoupled_time=True takes"):
+        net(x, y, torch.rand(2, 2))
+    with pytest.raises(ValueError, match="decoupled_time must be true or false"):
+        build_network("tiny", 1, 3, decoupled_time="yes")
+    with pytest.raises(ValueError, match="SymmFlowSDUNet has one time input"):
+        build_network("sd21_tiny", 4, 4, decoupled_time=True)
+
+
+def test_decoupled_state_dict_round_trip_and_its_ema_copy() -> None:
+    torch.manual_seed(0)
+    net = _randomize(build_network("tiny", 1, 3, decoupled_time=True)).eval()
+    assert any(k.startswith("time_embed_y.") for k in net.state_dict())
+    assert not any("time_embed_y" in k for k in build_network("tiny", 1, 3).state_dict())
+    again = build_network("tiny", 1, 3, decoupled_time=True).eval()
+    again.load_state_dict(net.state_dict())
+    x, y = _inputs(2, 1, 3, (8, 8))
+    t = torch.tensor([[0.3, 0.8], [1.0, 0.2]])
+    with torch.no_grad():
+        assert all(torch.equal(a, b) for a, b in zip(net(x, y, t), again(x, y, t)))
+        # the EMA's deep copy embeds t_y with its own branch, not with the original network's
+        ema = create_ema(net)
+        want = net(x, y, t)
+        nn.init.zeros_(net.time_embed_y[2].weight)
+        assert all(torch.equal(a, b) for a, b in zip(ema(x, y, t), want))
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        build_network("tiny", 1, 3).load_state_dict(net.state_dict())
+
+
+def test_decoupled_data_prediction_divides_by_the_label_time() -> None:
+    torch.manual_seed(0)
+    net = _randomize(build_network("tiny", 3, 4, y_prediction="data", decoupled_time=True)).eval()
+    velocity = build_network("tiny", 3, 4, decoupled_time=True).eval()
+    velocity.load_state_dict(net.state_dict())
+    x, y_t = torch.randn(3, 3, 8, 8), torch.randn(3, 4, 8, 8)
+    t = torch.tensor([[1.0, 0.5], [0.2, 1e-5], [0.5, 1.0]])
+    with torch.no_grad():
+        _, y_hat = velocity(x, y_t, t)
+        _, v_y = net(x, y_t, t)
+    floor = t[:, 1].clamp_min(DATA_PREDICTION_MIN_T).view(-1, 1, 1, 1)
+    torch.testing.assert_close(v_y, (y_t - y_hat) / floor, atol=1e-5, rtol=1e-5)

@@ -12,9 +12,9 @@ from torch.optim import Optimizer
 
 from medsymmflow.codes import ClassCodebook, dequantize
 from medsymmflow.flow.loss import SymmFlowLoss, TimeSampler
-from medsymmflow.flow.path import SymmetricPath
+from medsymmflow.flow.path import SymmetricPath, split_times
 from medsymmflow.networks.latent import LatentCodec, check_codec
-from medsymmflow.networks.unet import predicts_data
+from medsymmflow.networks.unet import is_decoupled, predicts_data
 from medsymmflow.precision import autocast_context, resolve_autocast
 
 __all__ = ["SymmFlowTrainer", "check_label_map", "is_label_map"]
@@ -62,6 +62,10 @@ class SymmFlowTrainer(SupervisedTrainer):
     dequantized code mask) and, with ignored pixels, ``valid_latent`` (the latent-grid valid mask). The
     VAE encoder is not run for such a batch and it needs no ``label``; ``batch_augment`` (a pixel-space
     augmentation) cannot apply to it and is refused.
+
+    A ``time_sampler`` with decoupled rows (``TimeSampler(decoupled=...)``, (B, 2) times ``(t_x, t_y)``)
+    needs a network built with ``decoupled_time=True`` (:func:`~medsymmflow.networks.is_decoupled`); the
+    times go to the path and the network unchanged.
     """
 
     def __init__(
@@ -105,6 +109,12 @@ class SymmFlowTrainer(SupervisedTrainer):
         self.beta = codebook.check_beta(beta)
         self.path = SymmetricPath() if path is None else path
         self.time_sampler = TimeSampler() if time_sampler is None else time_sampler
+        if getattr(self.time_sampler, "decoupled", 0.0) > 0 and not is_decoupled(network):
+            raise ValueError(
+                f"the time sampler draws decoupled image and label times (decoupled={self.time_sampler.decoupled}), "
+                "but the network has one time input: build it with decoupled_time=True (in a bundle, "
+                "training#time_decoupled > 0 does so) or set the sampler's decoupled to 0"
+            )
         self.batch_augment = batch_augment
         # "auto" turns bf16 on only where the hardware runs it natively (see medsymmflow.precision)
         self.autocast_dtype = resolve_autocast(autocast_dtype, device)
@@ -203,9 +213,9 @@ class SymmFlowTrainer(SupervisedTrainer):
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
         pred_y, target_y = v_y.float(), sample.dy_t
         if predicts_data(engine.network):
-            # the loss on the clean code the network predicts, y_hat = y_t - t * v_y, against the code itself:
-            # the velocity loss weighted by t^2, which stays bounded where v_y = (y_t - y_hat) / t is large
-            t_b = sample.t.float().reshape((-1,) + (1,) * (pred_y.ndim - 1))
+            # the loss on the clean code the network predicts, y_hat = y_t - t_y * v_y, against the code itself:
+            # the velocity loss weighted by t_y^2, which stays bounded where v_y = (y_t - y_hat) / t_y is large
+            t_b = split_times(sample.t)[1].float().reshape((-1,) + (1,) * (pred_y.ndim - 1))
             pred_y, target_y = sample.y_t.float() - t_b * pred_y, code.float()
         if valid is None:
             loss = engine.loss_function(v_x.float(), pred_y, sample.dx_t, target_y)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import torch
 from torch import nn
 
-__all__ = ["TIME_SCHEDULES", "SymmFlowLoss", "TimeSampler"]
+__all__ = ["DECOUPLED_MODES", "TIME_SCHEDULES", "SymmFlowLoss", "TimeSampler", "check_decoupled_modes"]
 
 TIME_SCHEDULES = ("uniform", "logit_normal", "power", "mixture")
+# the (t_x, t_y) of a decoupled row, in the order of TimeSampler's decoupled_modes
+DECOUPLED_MODES = ("generate", "classify", "unconditional")
 
 
 class TimeSampler:
@@ -18,10 +23,32 @@ class TimeSampler:
       classification reads the field.
     * ``power``: ``u ** (1 / (1 + skew))``; ``skew > 0`` leans toward t=1, ``skew = 0`` is uniform.
     * ``mixture``: U(0, 1) with probability ``1 - p_one``, else t=1 exactly (the classification start).
+
+    Decoupled times (``decoupled > 0``): each row is, with probability ``decoupled``, a decoupled row whose
+    image and label halves get their own times, and the output is (B, 2) ``(t_x, t_y)``; the other rows
+    keep the coupled time of ``schedule`` in both columns. A decoupled row takes one of
+    :data:`DECOUPLED_MODES` with probabilities proportional to the weights ``decoupled_modes``:
+
+    * ``generate``: ``t_x ~ U(0, 1)``, ``t_y = 0``: the image is integrated next to the clean label code
+      (the conditional generator).
+    * ``classify``: ``t_x = 1``, ``t_y ~ U(0, 1)``: the label is integrated next to the clean image (a
+      classifier that can take several steps on the label alone).
+    * ``unconditional``: ``t_x ~ U(0, 1)``, ``t_y = 1``: the label is pure noise, so the image field is
+      the unconditional one that classifier-free guidance contrasts with the conditional one.
+
+    ``decoupled = 0`` (default) returns the (B,) coupled times, the same numbers for the same generator
+    as before decoupled times existed.
     """
 
     def __init__(
-        self, schedule: str = "uniform", loc: float = 0.0, scale: float = 1.0, skew: float = 0.0, p_one: float = 0.0
+        self,
+        schedule: str = "uniform",
+        loc: float = 0.0,
+        scale: float = 1.0,
+        skew: float = 0.0,
+        p_one: float = 0.0,
+        decoupled: float = 0.0,
+        decoupled_modes: Sequence[float] = (1.0, 1.0, 1.0),
     ) -> None:
         if schedule not in TIME_SCHEDULES:
             raise ValueError(f"unknown time schedule {schedule!r}; choose one of {', '.join(TIME_SCHEDULES)}")
@@ -31,12 +58,34 @@ class TimeSampler:
             raise ValueError(f"skew must be > -1, got {skew}")
         if not 0.0 <= p_one <= 1.0:
             raise ValueError(f"p_one must lie in [0, 1], got {p_one}")
+        if isinstance(decoupled, bool) or not isinstance(decoupled, (int, float)) or not 0.0 <= decoupled <= 1.0:
+            raise ValueError(f"decoupled (the fraction of decoupled rows) must be a number in [0, 1], got {decoupled!r}")
         self.schedule, self.loc, self.scale, self.skew, self.p_one = schedule, loc, scale, skew, p_one
+        self.decoupled = float(decoupled)
+        self.decoupled_modes = check_decoupled_modes(decoupled_modes)
 
     def __call__(
         self, batch_size: int, device: torch.device | str | None = None, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """Return ``batch_size`` times, shape (B,), float32."""
+        """Return ``batch_size`` times, float32: shape (B,), or (B, 2) ``(t_x, t_y)`` when ``decoupled > 0``."""
+        t = self._coupled(batch_size, device, generator)
+        if self.decoupled == 0.0:
+            return t
+        # drawn after the coupled times, so those are the coupled schedule's numbers whatever decoupled is
+        decoupled = torch.rand(batch_size, generator=generator, device=t.device) < self.decoupled
+        probs = torch.tensor(self.decoupled_modes, device=t.device)
+        mode = torch.multinomial(probs, batch_size, replacement=True, generator=generator)
+        u = torch.rand(batch_size, generator=generator, device=t.device)
+        ones, zeros = torch.ones_like(u), torch.zeros_like(u)
+        # generate (0): (u, 0); classify (1): (1, u); unconditional (2): (u, 1)
+        t_x = torch.where(mode == 1, ones, u)
+        t_y = torch.where(mode == 0, zeros, torch.where(mode == 1, u, ones))
+        return torch.where(decoupled[:, None], torch.stack([t_x, t_y], 1), t[:, None].expand(-1, 2))
+
+    def _coupled(
+        self, batch_size: int, device: torch.device | str | None, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The coupled schedule's (B,) times."""
         u = torch.rand(batch_size, generator=generator, device=device)
         if self.schedule == "uniform":
             return u
@@ -47,6 +96,20 @@ class TimeSampler:
             return u.pow(1.0 / (1.0 + self.skew))
         pick = torch.rand(batch_size, generator=generator, device=device) < self.p_one
         return torch.where(pick, torch.ones_like(u), u)
+
+
+def check_decoupled_modes(modes: Sequence[float]) -> tuple[float, float, float]:
+    """``modes`` (weights of generate, classify, unconditional) as probabilities; a ValueError unless three weights >= 0 with a positive sum."""
+    try:
+        values = tuple(float(p) for p in modes)
+    except (TypeError, ValueError):
+        values = ()
+    if len(values) != len(DECOUPLED_MODES) or not all(math.isfinite(p) and p >= 0 for p in values) or sum(values) <= 0:
+        raise ValueError(
+            f"decoupled_modes must be three weights >= 0 with a positive sum ({', '.join(DECOUPLED_MODES)}), got {modes!r}"
+        )
+    total = sum(values)
+    return tuple(p / total for p in values)  # type: ignore[return-value]
 
 
 class SymmFlowLoss(nn.Module):

@@ -13,6 +13,11 @@ regression optimum there is the target's mean over that noise (``x`` and ``-(1 -
 ``endpoint_targets="mean"`` trains on that mean directly: same optimum, none of the unit-variance
 gradient noise that schedules putting many times exactly at t=1 (``TimeSampler("mixture")``)
 otherwise feed into the shared network.
+
+Decoupled times: ``t`` of shape (B, 2) holds ``(t_x, t_y)`` per row; the image half moves with ``t_x``
+and the label half with ``t_y`` (each formula above with its own time; the targets do not depend on
+time). A (B,) ``t`` is the coupled path ``t_x = t_y = t``. The endpoint means then apply per half:
+the image target is ``x`` where ``t_x = 1``, the label target ``-(1 - s) y`` where ``t_y = 0``.
 """
 
 from __future__ import annotations
@@ -21,14 +26,23 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ENDPOINT_TARGETS", "SymmetricPath", "SymmetricPathSample"]
+__all__ = ["ENDPOINT_TARGETS", "SymmetricPath", "SymmetricPathSample", "split_times"]
 
 ENDPOINT_TARGETS = ("sample", "mean")
 
 
+def split_times(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(t_x, t_y)`` of a (B,) coupled time (both are ``t``) or a (B, 2) decoupled one (its columns)."""
+    if t.ndim == 2 and t.shape[1] == 2:
+        return t[:, 0], t[:, 1]
+    if t.ndim != 1:
+        raise ValueError(f"t must have shape (B,) (coupled) or (B, 2) (decoupled t_x, t_y), got {tuple(t.shape)}")
+    return t, t
+
+
 @dataclass
 class SymmetricPathSample:
-    """One draw from the path: endpoints, time, interpolants and target velocities."""
+    """One draw from the path: endpoints, time ((B,) coupled or (B, 2) ``(t_x, t_y)``), interpolants and target velocities."""
 
     x: torch.Tensor
     y: torch.Tensor
@@ -64,16 +78,19 @@ class SymmetricPath:
         t = torch.as_tensor(t, device=x.device)
         if t.ndim == 0:
             t = t.expand(x.shape[0])
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must be a scalar or have shape ({x.shape[0]},), got {tuple(t.shape)}")
+        if t.shape not in ((x.shape[0],), (x.shape[0], 2)):
+            raise ValueError(
+                f"t must be a scalar or have shape ({x.shape[0]},) (coupled) or ({x.shape[0]}, 2) (decoupled t_x, t_y), "
+                f"got {tuple(t.shape)}"
+            )
         return t
 
     def interpolate(
         self, x: torch.Tensor, y: torch.Tensor, noise_x: torch.Tensor, noise_y: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(x_t, y_t)`` at time ``t`` (shape (B,) or scalar)."""
-        t = self._check(x, y, t)
-        tx, ty = self._expand(t, x), self._expand(t, y)
+        """``(x_t, y_t)`` at time ``t`` (scalar, (B,) or (B, 2) ``(t_x, t_y)``)."""
+        t_x, t_y = split_times(self._check(x, y, t))
+        tx, ty = self._expand(t_x, x), self._expand(t_y, y)
         a = 1.0 - self.sigma_min
         return (1.0 - a * tx) * noise_x + tx * x, (1.0 - a * ty) * y + ty * noise_y
 
@@ -93,7 +110,7 @@ class SymmetricPath:
         noise_y: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> SymmetricPathSample:
-        """Draw ``(x_t, y_t)`` and targets for clean ``x``, code mask ``y`` and times ``t``; noise is N(0, I) if not given."""
+        """Draw ``(x_t, y_t)`` and targets for clean ``x``, code mask ``y`` and times ``t`` ((B,) or (B, 2)); noise is N(0, I) if not given."""
         t = self._check(x, y, t)
         if noise_x is None:
             noise_x = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -112,14 +129,15 @@ class SymmetricPath:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         # E[xi] = 0 for the half whose noise the inputs do not show: the image's at t=1, the label's at t=0.
         a = 1.0 - self.sigma_min
-        return torch.where(self._expand(t, x) == 1, x, dx_t), torch.where(self._expand(t, y) == 0, -a * y, dy_t)
+        t_x, t_y = split_times(t)
+        return torch.where(self._expand(t_x, x) == 1, x, dx_t), torch.where(self._expand(t_y, y) == 0, -a * y, dy_t)
 
     def recover(
         self, x_t: torch.Tensor, y_t: torch.Tensor, v_x: torch.Tensor, v_y: torch.Tensor, t: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Clean ``(x, y)`` implied by a velocity at ``(x_t, y_t, t)`` (exact for the target velocity)."""
-        t = self._check(x_t, y_t, t)
-        tx, ty = self._expand(t, x_t), self._expand(t, y_t)
+        t_x, t_y = split_times(self._check(x_t, y_t, t))
+        tx, ty = self._expand(t_x, x_t), self._expand(t_y, y_t)
         a = 1.0 - self.sigma_min
         # x_t = (1 - a t) xi + t x with xi = (x - v) / a, solved for x.
         x = (x_t + (1.0 - a * tx) * v_x / a) / (tx + (1.0 - a * tx) / a)

@@ -19,7 +19,7 @@ from medsymmflow.networks.latent import (
 from medsymmflow.networks.mlp import SymmFlowMLP
 from medsymmflow.networks.presets import NET_PRESETS, NETWORK_CLASSES, build_network, count_parameters
 from medsymmflow.networks.sd_unet import SD21_BASE, SD_TIME_SCALE, SymmFlowSDUNet, UNetLoadError, load_pretrained_unet
-from medsymmflow.networks.unet import SymmFlowUNet, predicts_data
+from medsymmflow.networks.unet import SymmFlowUNet, is_decoupled, predicts_data
 
 __all__ = [
     "NETWORK_CLASSES",
@@ -42,6 +42,7 @@ __all__ = [
     "count_parameters",
     "create_ema",
     "flow_channels",
+    "is_decoupled",
     "load_pretrained_unet",
     "load_vae",
     "measure_scale_factor",

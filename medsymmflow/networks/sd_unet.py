@@ -167,6 +167,8 @@ class SymmFlowSDUNet(nn.Module):
         pretrained: initialise from an SD UNet (Hugging Face name or folder), channels doubled (see the module).
         local_files_only: never contact the hub for ``pretrained``; ``None`` follows ``HF_HUB_OFFLINE``.
         gradient_checkpointing: recompute activations in the backward pass (less memory, ~30% more time).
+        decoupled_time: separate image and label times (see :class:`SymmFlowUNet`); not implemented for this
+            network, so only False is accepted (it is here so that configs can pass the setting to any preset).
     """
 
     def __init__(
@@ -194,8 +196,15 @@ class SymmFlowSDUNet(nn.Module):
         pretrained: str | os.PathLike | None = None,
         local_files_only: bool | None = None,
         gradient_checkpointing: bool = False,
+        decoupled_time: bool = False,
     ) -> None:
         super().__init__()
+        if decoupled_time is not False:
+            raise ValueError(
+                "SymmFlowSDUNet has one time input (decoupled_time is only implemented for the MONAI presets): "
+                f"train it with coupled times (training#time_decoupled 0), got decoupled_time={decoupled_time!r}"
+            )
+        self.decoupled_time = False
         x_channels, y_channels = positive_int(x_channels, "x_channels"), positive_int(y_channels, "y_channels")
         widths = tuple(int(c) for c in block_out_channels)
         if not widths or any(c < 1 for c in widths):

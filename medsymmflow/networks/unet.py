@@ -19,13 +19,21 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
-from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock
+from monai.networks.nets.diffusion_model_unet import DiffusionUNetResnetBlock, get_timestep_embedding
 from monai.networks.utils import pixelshuffle, pixelunshuffle
 from torch import nn
 
 from medsymmflow.checks import positive_int
 
-__all__ = ["DATA_PREDICTION_MIN_T", "SymmFlowUNet", "Y_PREDICTIONS", "check_group_widths", "check_velocity_inputs", "predicts_data"]
+__all__ = [
+    "DATA_PREDICTION_MIN_T",
+    "SymmFlowUNet",
+    "Y_PREDICTIONS",
+    "check_group_widths",
+    "check_velocity_inputs",
+    "is_decoupled",
+    "predicts_data",
+]
 
 
 def _dropout_pre_hook(module: nn.Module, args: tuple[torch.Tensor, ...], p: float) -> tuple[torch.Tensor, ...]:
@@ -44,9 +52,19 @@ def _as_tuple(value: int | Sequence[int], length: int, name: str) -> tuple[int, 
 
 
 def check_velocity_inputs(
-    x_t: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor | float, x_channels: int, y_channels: int, spatial_dims: int = 2
+    x_t: torch.Tensor,
+    y_t: torch.Tensor,
+    t: torch.Tensor | float,
+    x_channels: int,
+    y_channels: int,
+    spatial_dims: int = 2,
+    decoupled: bool = False,
 ) -> torch.Tensor:
-    """Validate a velocity network's ``(x_t, y_t, t)`` and return ``t`` as a (B,) tensor on ``x_t``'s device and dtype."""
+    """Validate a velocity network's ``(x_t, y_t, t)`` and return ``t`` on ``x_t``'s device and dtype.
+
+    The result is (B,) for a coupled network; a ``decoupled`` one gets (B, 2) ``(t_x, t_y)``, a scalar or
+    (B,) ``t`` standing for ``t_x = t_y = t``. A coupled network refuses a (B, 2) ``t``.
+    """
     if not isinstance(x_t, torch.Tensor) or not isinstance(y_t, torch.Tensor):
         raise TypeError(f"x_t and y_t must be torch tensors, got {type(x_t).__name__}, {type(y_t).__name__}")
     ndim = spatial_dims + 2
@@ -66,9 +84,18 @@ def check_velocity_inputs(
     batch = x_t.shape[0]
     if t.ndim == 0 or (t.ndim == 1 and t.numel() == 1 and batch != 1):
         t = t.reshape(()).expand(batch)
+    if t.shape == (batch, 2):
+        if not decoupled:
+            raise ValueError(
+                f"t of shape ({batch}, 2) gives separate image and label times, which only a network built with "
+                "decoupled_time=True takes (this one has one time input: pass t of shape (B,))"
+            )
+        return t
     if t.shape != (batch,):
-        raise ValueError(f"t must be a scalar or have shape ({batch},), got {tuple(t.shape)}")
-    return t
+        raise ValueError(
+            f"t must be a scalar or have shape ({batch},)" + (f" or ({batch}, 2)" if decoupled else "") + f", got {tuple(t.shape)}"
+        )
+    return t[:, None].expand(batch, 2) if decoupled else t
 
 
 Y_PREDICTIONS = ("velocity", "data")
@@ -124,6 +151,18 @@ class SymmFlowUNet(nn.Module):
             channels make that copy the hard part, and a one-step segmentation keeps whatever of it
             fails as salt-and-pepper pixels (measured on CelebAMask-HQ, docs/results.md).
             :attr:`predicts_data` tells trainers to take the loss on ``y_hat``.
+        decoupled_time: give the label half its own time. ``forward`` then takes ``t`` of shape (B, 2)
+            ``(t_x, t_y)`` (a (B,) ``t`` still means ``t_x = t_y = t``): MONAI's time embedding reads
+            ``t_x`` and a second one of the same layout (:attr:`time_embed_y`, a sinusoidal embedding and
+            a two-layer MLP) reads ``t_y``; their sum conditions every residual block, as UniDiffuser
+            conditions on the times of its two modalities. With ``y_prediction="data"`` the label velocity
+            is ``(y_t - y_hat) / t_y``. The last layer of :attr:`time_embed_y` starts at zero, so a fresh
+            decoupled network computes exactly the coupled network of the same seed: the blocks see
+            embeddings of the scale MONAI's initialisation is made for (a second random embedding would
+            double their variance) and the t_y branch still gets gradients from the first step on (its
+            last layer's gradient is its nonzero hidden activation), the zero-initialised residual
+            branch of ControlNet and adaLN-zero. A coupled network (False, default) refuses a (B, 2) ``t``
+            rather than guess which column it should read; its state dict has no :attr:`time_embed_y`.
 
     Replicate padding is the default because the padded border is context only (it is cropped
     away and never supervised): replicating keeps a classification code mask ``y_t`` spatially
@@ -149,6 +188,7 @@ class SymmFlowUNet(nn.Module):
         padding_mode: str = "replicate",
         patch_size: int = 1,
         y_prediction: str = "velocity",
+        decoupled_time: bool = False,
     ) -> None:
         super().__init__()
         x_channels, y_channels = positive_int(x_channels, "x_channels"), positive_int(y_channels, "y_channels")
@@ -216,16 +256,39 @@ class SymmFlowUNet(nn.Module):
             for block in self.unet.modules():
                 if isinstance(block, DiffusionUNetResnetBlock):
                     block.conv2.register_forward_pre_hook(hook)
+        if not isinstance(decoupled_time, bool):
+            raise ValueError(f"decoupled_time must be true or false, got {decoupled_time!r}")
+        self.decoupled_time = decoupled_time
+        # the t_y of the forward pass running now, read by the hook on MONAI's time embedding
+        self._t_y: torch.Tensor | None = None
+        if decoupled_time:
+            width = channels[0] * 4  # MONAI's time-embedding width
+            self.time_embed_y = nn.Sequential(nn.Linear(channels[0], width), nn.SiLU(), nn.Linear(width, width))
+            nn.init.zeros_(self.time_embed_y[2].weight)
+            nn.init.zeros_(self.time_embed_y[2].bias)
+            self.unet.time_embed.register_forward_hook(self._add_label_time)
 
     def _check_inputs(self, x_t: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """Validate shapes and return ``t`` as a (B,) tensor on ``x_t``'s device and dtype."""
-        return check_velocity_inputs(x_t, y_t, t, self.x_channels, self.y_channels, self.spatial_dims)
+        """Validate shapes and return ``t`` on ``x_t``'s device and dtype: (B,), or (B, 2) for a decoupled network."""
+        return check_velocity_inputs(x_t, y_t, t, self.x_channels, self.y_channels, self.spatial_dims, self.decoupled_time)
 
     def forward(
         self, x_t: torch.Tensor, y_t: torch.Tensor, t: torch.Tensor | float
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Velocities ``(v_x, v_y)`` with the shapes of ``(x_t, y_t)``; ``t`` is (B,) or a scalar."""
+        """Velocities ``(v_x, v_y)`` with the shapes of ``(x_t, y_t)``; ``t`` is a scalar, (B,) or, decoupled, (B, 2) ``(t_x, t_y)``."""
         t = self._check_inputs(x_t, y_t, t)
+        if not self.decoupled_time:
+            return self._velocity(x_t, y_t, t, t)
+        self._t_y = t[:, 1]
+        try:
+            return self._velocity(x_t, y_t, t[:, 0], t[:, 1])
+        finally:
+            self._t_y = None
+
+    def _velocity(
+        self, x_t: torch.Tensor, y_t: torch.Tensor, t_x: torch.Tensor, t_y: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The forward pass: ``t_x`` goes to MONAI's time embedding (``t_y`` to the hook's), ``t_y`` into a data prediction's quotient."""
         h = torch.cat([x_t, y_t], dim=1)
         size = h.shape[2:]
         target = [-(-s // self.size_multiple) * self.size_multiple for s in size]
@@ -237,14 +300,14 @@ class SymmFlowUNet(nn.Module):
                 pad += [before, s_new - s - before]
             h = F.pad(h, pad, mode=self.padding_mode)
             starts = pad[-2::-2]  # the "before" amounts, first spatial axis first
-            h = self._unet(h, t)
+            h = self._unet(h, t_x)
             h = h[(slice(None), slice(None)) + tuple(slice(b, b + s) for b, s in zip(starts, size))]
         else:
-            h = self._unet(h, t)
+            h = self._unet(h, t_x)
         v_x, out_y = h[:, : self.x_channels], h[:, self.x_channels :]
         if self.y_prediction == "data":
             # in float32 (also under autocast): t near the floor makes the quotient large
-            t_floor = t.float().clamp_min(DATA_PREDICTION_MIN_T).reshape((-1,) + (1,) * (y_t.ndim - 1))
+            t_floor = t_y.float().clamp_min(DATA_PREDICTION_MIN_T).reshape((-1,) + (1,) * (y_t.ndim - 1))
             return v_x, (y_t.float() - out_y.float()) / t_floor
         return v_x, out_y
 
@@ -252,6 +315,13 @@ class SymmFlowUNet(nn.Module):
     def predicts_data(self) -> bool:
         """Whether the code channels predict the clean code (``y_prediction="data"``) rather than the velocity."""
         return self.y_prediction == "data"
+
+    def _add_label_time(self, module: nn.Module, args: tuple[torch.Tensor, ...], emb: torch.Tensor) -> torch.Tensor:
+        """Forward hook on MONAI's time embedding: add the embedding of the label time ``t_y`` to that of ``t_x``."""
+        if self._t_y is None:
+            raise RuntimeError("the decoupled time embedding ran outside SymmFlowUNet.forward, which sets t_y")
+        sinusoid = get_timestep_embedding(self._t_y * self.time_scale, self.channels[0]).to(dtype=args[0].dtype)
+        return emb + self.time_embed_y(sinusoid)
 
     def _unet(self, h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """The UNet on ``h`` (sizes already a multiple of ``size_multiple``), folding patches around it."""
@@ -263,8 +333,18 @@ class SymmFlowUNet(nn.Module):
         return pixelshuffle(out, dims, self.patch_size)
 
 
+def _unwrap(network: nn.Module, attribute: str) -> nn.Module:
+    """The module a DDP / EMA wrapper holds, unwrapped until one has ``attribute`` (a compiled module forwards it)."""
+    while not hasattr(network, attribute) and isinstance(getattr(network, "module", None), nn.Module):
+        network = network.module
+    return network
+
+
 def predicts_data(network: nn.Module) -> bool:
     """Whether ``network`` (or the module a DDP / EMA wrapper holds) predicts clean codes (``y_prediction="data"``)."""
-    while not hasattr(network, "predicts_data") and isinstance(getattr(network, "module", None), nn.Module):
-        network = network.module
-    return bool(getattr(network, "predicts_data", False))
+    return bool(getattr(_unwrap(network, "predicts_data"), "predicts_data", False))
+
+
+def is_decoupled(network: nn.Module) -> bool:
+    """Whether ``network`` (or the module a DDP / EMA wrapper holds) takes separate image and label times (``decoupled_time``)."""
+    return bool(getattr(_unwrap(network, "decoupled_time"), "decoupled_time", False))
