@@ -139,7 +139,7 @@ class _DecoupledToy(nn.Module):
 
 def test_generate_per_class_passes_time_coupling_and_guidance() -> None:
     codebook = ClassCodebook.gray(2)
-    kwargs = dict(steps=2, spatial_size=(4, 4), batch_size=4, progress=False, seed=3)
+    kwargs = dict(steps=2, spatial_size=(8, 8), batch_size=4, progress=False, seed=3)
     toy = _DecoupledToy()
     plain, _ = sample_per_class(toy, codebook, 1, 2, **kwargs)
     assert set(toy.time_shapes) == {(4, 2)}  # auto: the decoupled path, one evaluation per step
@@ -359,8 +359,8 @@ def test_evaluate_generation_reports_fid_and_cas_per_step_count(tmp_path: Path) 
 
 def test_evaluate_generation_with_guidance_counts_both_evaluations() -> None:
     codebook = ClassCodebook.gray(2)
-    real = _blob_images(6, seed=0, size=8)
-    real_labels = np.array([0] * 3 + [1] * 3)
+    real = _blob_images(12, seed=0, size=8)
+    real_labels = np.array([0] * 8 + [1] * 4)
     kwargs = dict(steps=(1, 2), feature_extractor=_random_features())
     report = evaluate_generation(_DecoupledToy(), codebook, 1, real, real_labels, guidance_scale=2.0, **kwargs)
     assert report["time_coupling"] == "decoupled" and report["guidance_scale"] == 2.0
