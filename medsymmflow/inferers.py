@@ -15,6 +15,14 @@ predicted code latents back to code masks (``LatentCodec.decode_image``); the se
 encodes the image, integrates in latent space and decodes the predicted code latent to a pixel code mask
 before the per-pixel decision; the sampler takes a ``codec``, encodes the code mask, integrates in latent
 space and decodes the generated image.
+
+``time_coupling`` chooses the path each inferer integrates: ``coupled`` (the paper's: one time ``t`` of
+shape (B,) for both halves, both halves move), ``decoupled`` (a network trained with decoupled times, see
+:class:`~medsymmflow.networks.SymmFlowUNet`: the other half is held clean while one half is integrated,
+``t = (1, t_y)`` for classification / segmentation, ``t = (t_x, 0)`` for generation) or ``auto`` (the
+default: ``decoupled`` exactly when the network was trained decoupled, so a paper checkpoint runs the
+paper's path). :class:`SymmFlowSampler`'s ``guidance_scale`` ``w`` adds classifier-free guidance
+(:mod:`medsymmflow.flow.guidance`); it needs the decoupled path and doubles the network evaluations per step.
 """
 
 from __future__ import annotations
@@ -27,14 +35,34 @@ from monai.inferers import Inferer
 
 from medsymmflow.checks import one_of, positive_int
 from medsymmflow.codes import ClassCodebook, beta_to_amplitude, majority_class
+from medsymmflow.flow.guidance import GuidedVelocity, check_guidance_scale, guidance_evaluations
 from medsymmflow.flow.solver import SymmFlowSolver, check_method
 from medsymmflow.networks.latent import LatentCodec, check_codec
+from medsymmflow.networks.unet import is_decoupled
 from medsymmflow.precision import autocast_context, resolve_autocast
 
-__all__ = ["INFERER_DECISIONS", "ClassificationResult", "SymmFlowClassifier", "SymmFlowSampler", "SymmFlowSegmenter"]
+__all__ = [
+    "INFERER_DECISIONS", "TIME_COUPLINGS", "ClassificationResult", "SymmFlowClassifier", "SymmFlowSampler",
+    "SymmFlowSegmenter", "check_guidance", "resolve_time_coupling",
+]
 
 # mean / mode decode the draw-averaged code, vote lets the draws vote (classification), pixel decides per pixel
 INFERER_DECISIONS = ("mean", "mode", "vote", "pixel")
+TIME_COUPLINGS = ("auto", "coupled", "decoupled")
+
+
+def resolve_time_coupling(time_coupling: str, network: Any) -> str:
+    """``coupled`` or ``decoupled`` for ``network``: ``auto`` follows how it was trained; ``decoupled`` needs a decoupled network."""
+    one_of(time_coupling, TIME_COUPLINGS, "time_coupling")
+    decoupled = is_decoupled(network)
+    if time_coupling == "auto":
+        return "decoupled" if decoupled else "coupled"
+    if time_coupling == "decoupled" and not decoupled:
+        raise ValueError(
+            "time_coupling 'decoupled' needs a network trained with decoupled times (SymmFlowUNet(decoupled_time=True)); "
+            "this one was trained coupled: use 'coupled' or 'auto'"
+        )
+    return time_coupling
 
 
 @dataclass
@@ -61,7 +89,10 @@ def _check_image(inputs: torch.Tensor) -> None:
 
 
 class _ReverseInferer(Inferer):
-    """Shared part of classification and segmentation: integrate t 1 -> 0 from (image, noise_y)."""
+    """Shared part of classification and segmentation: integrate t 1 -> 0 from (image, noise_y).
+
+    ``time_coupling="decoupled"`` keeps the image clean (t_x = 1) while the label runs t_y: 1 -> 0.
+    """
 
     def __init__(
         self,
@@ -72,10 +103,12 @@ class _ReverseInferer(Inferer):
         decision: str = "mean",
         code_channels: int | None = None,
         autocast: str | torch.dtype | None = None,
+        time_coupling: str = "auto",
     ) -> None:
         super().__init__()
         # every setting fails here, at construction, not at the first batch after a whole training
         resolve_autocast(autocast)
+        self.time_coupling = one_of(time_coupling, TIME_COUPLINGS, "time_coupling")
         self.num_draws = positive_int(num_draws, "num_draws")
         one_of(decision, INFERER_DECISIONS, "decision")
         self.steps = positive_int(steps, "steps")
@@ -108,8 +141,11 @@ class _ReverseInferer(Inferer):
         else:
             noise_y = noise.to(device=inputs.device, dtype=inputs.dtype)
         x = inputs.repeat((r,) + (1,) * (inputs.ndim - 1)) if r > 1 else inputs
+        hold = "x" if resolve_time_coupling(self.time_coupling, network) == "decoupled" else None
         with autocast_context(inputs.device, resolve_autocast(self.autocast, inputs.device)):
-            out = SymmFlowSolver(network).sample(x, noise_y, t_start=1.0, t_end=0.0, steps=self.steps, method=self.method)
+            out = SymmFlowSolver(network).sample(
+                x, noise_y, t_start=1.0, t_end=0.0, steps=self.steps, method=self.method, hold=hold
+            )
         y = out.y.float()  # distances and decisions are taken in float32 whatever the network ran in
         return y.reshape((r, inputs.shape[0]) + y.shape[1:])
 
@@ -126,6 +162,8 @@ class SymmFlowClassifier(_ReverseInferer):
     mean distance). The result's ``counts`` (votes, or pixels for ``mode``) rank the classes for
     :func:`~medsymmflow.codes.decision_scores`. ``autocast`` (``none`` / ``auto`` / ``bfloat16`` /
     ``float16``, see :mod:`medsymmflow.precision`) runs the network in mixed precision.
+    ``time_coupling`` (``auto`` / ``coupled`` / ``decoupled``, see the module docstring): ``decoupled``
+    keeps the image clean at t_x = 1 while the label is integrated, the network seeing ``t = (1, t_y)``.
     """
 
     def __call__(  # type: ignore[override]
@@ -173,7 +211,8 @@ class SymmFlowSegmenter(_ReverseInferer):
     With a ``codec`` (Latent MedSymmFlow) the image is encoded to a posterior sample of its latent
     (:meth:`encode`), the flow runs on latents, and the draw-averaged predicted code latent is decoded to
     a code mask of the image's size before every pixel takes its nearest class code: labels and
-    uncertainty maps are per pixel at the image's resolution, as in pixel space.
+    uncertainty maps are per pixel at the image's resolution, as in pixel space. ``time_coupling`` as
+    for :class:`SymmFlowClassifier` (``decoupled``: the image held clean, ``t = (1, t_y)``).
     """
 
     def __init__(
@@ -184,11 +223,12 @@ class SymmFlowSegmenter(_ReverseInferer):
         num_draws: int = 1,
         autocast: str | torch.dtype | None = None,
         codec: LatentCodec | None = None,
+        time_coupling: str = "auto",
     ) -> None:
         codec = check_codec(codec, codebook)
         super().__init__(
             codebook, steps=steps, method=method, num_draws=num_draws, decision="pixel", autocast=autocast,
-            code_channels=None if codec is None else codec.latent_channels,
+            code_channels=None if codec is None else codec.latent_channels, time_coupling=time_coupling,
         )
         self.codec = codec
 
@@ -225,6 +265,21 @@ class SymmFlowSegmenter(_ReverseInferer):
         return out.labels, out.uncertainty
 
 
+_COUPLED_GUIDANCE = (
+    "guidance_scale {w} needs the decoupled path (the label at t_y = 1 is the unconditional model), but {how}: "
+    "use guidance_scale 1 or a network trained with decoupled times"
+)
+
+
+def check_guidance(time_coupling: str, guidance_scale: float) -> tuple[str, float]:
+    """``(time_coupling, guidance_scale)`` of a sampler; ValueError for an unknown path, a scale < 0 or guidance on the coupled path."""
+    one_of(time_coupling, TIME_COUPLINGS, "time_coupling")
+    scale = check_guidance_scale(guidance_scale)
+    if time_coupling == "coupled" and scale != 1.0:
+        raise ValueError(_COUPLED_GUIDANCE.format(w=scale, how="time_coupling is 'coupled'"))
+    return time_coupling, scale
+
+
 class SymmFlowSampler(Inferer):
     """Conditional generation: ``(noise_x, code_mask)`` at t=0 integrated to t=1.
 
@@ -235,6 +290,14 @@ class SymmFlowSampler(Inferer):
     With a ``codec`` (:class:`~medsymmflow.networks.LatentCodec`) the code mask of the image size is
     encoded (posterior mode), the latents are integrated and the generated latent is decoded to
     ``image_channels`` channels; ``spatial_size`` stays the image size.
+
+    ``time_coupling`` (``auto`` / ``coupled`` / ``decoupled``, see the module docstring): ``decoupled``
+    holds the code mask clean and integrates the image alone, the network seeing ``t = (t_x, 0)``.
+    ``guidance_scale`` ``w`` != 1 adds classifier-free guidance (:class:`~medsymmflow.flow.GuidedVelocity`,
+    label noise drawn once per sample from the generator after the image noise): it needs the decoupled
+    path (a ``coupled`` sampler refuses it here, ``auto`` when the network turns out coupled) and costs
+    two network evaluations per velocity call, so the NFE per step doubles; ``w = 1`` is the conditional
+    field itself at one evaluation.
     """
 
     def __init__(
@@ -245,6 +308,8 @@ class SymmFlowSampler(Inferer):
         method: str = "euler",
         beta: float = 0.0,
         codec: LatentCodec | None = None,
+        time_coupling: str = "auto",
+        guidance_scale: float = 1.0,
     ) -> None:
         super().__init__()
         self.codebook = codebook
@@ -253,6 +318,34 @@ class SymmFlowSampler(Inferer):
         self.method = check_method(method)
         self.beta = codebook.check_beta(beta)
         self.codec = check_codec(codec, codebook)
+        self.time_coupling, self.guidance_scale = check_guidance(time_coupling, guidance_scale)
+
+    @property
+    def network_evaluations(self) -> int:
+        """Network evaluations per velocity call: 2 with guidance (``guidance_scale`` != 1), else 1."""
+        return guidance_evaluations(self.guidance_scale)
+
+    def resolve_time_coupling(self, network: Callable[..., Any]) -> str:
+        """The path this sampler integrates with ``network``: ``coupled`` or ``decoupled`` (guidance checked)."""
+        coupling = resolve_time_coupling(self.time_coupling, network)
+        if coupling == "coupled" and self.guidance_scale != 1.0:
+            raise ValueError(_COUPLED_GUIDANCE.format(w=self.guidance_scale, how="the network was trained coupled"))
+        return coupling
+
+    def _integrate(
+        self, noise_x: torch.Tensor, y: torch.Tensor, network: Callable[..., Any], generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """The image state at t_x = 1 from ``(noise_x, y)`` at 0, on the path :meth:`resolve_time_coupling` picks."""
+        if self.resolve_time_coupling(network) == "coupled":
+            return SymmFlowSolver(network).sample(noise_x, y, t_start=0.0, t_end=1.0, steps=self.steps, method=self.method).x
+        velocity: Callable[..., Any] = network
+        if self.guidance_scale != 1.0:
+            xi_y = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
+            velocity = GuidedVelocity(network, xi_y, self.guidance_scale)
+        out = SymmFlowSolver(velocity).sample(
+            noise_x, y, t_start=0.0, t_end=1.0, steps=self.steps, method=self.method, hold="y"
+        )
+        return out.x
 
     def condition(
         self,
@@ -296,10 +389,10 @@ class SymmFlowSampler(Inferer):
         device = next(network.parameters()).device if isinstance(network, torch.nn.Module) else inputs.device
         y = self.condition(inputs, tuple(spatial_size), device, generator)
         batch, spatial = y.shape[0], tuple(y.shape[2:])
+        self.resolve_time_coupling(network)  # before any noise is drawn or a codec runs
         if self.codec is None:
             noise_x = torch.randn((batch, self.image_channels) + spatial, generator=generator, device=device)
-            return SymmFlowSolver(network).sample(noise_x, y, t_start=0.0, t_end=1.0, steps=self.steps, method=self.method).x
+            return self._integrate(noise_x, y, network, generator)
         y = self.codec.encode_mask(y)
         noise_x = torch.randn((batch, self.codec.latent_channels) + tuple(y.shape[2:]), generator=generator, device=device)
-        z = SymmFlowSolver(network).sample(noise_x, y, t_start=0.0, t_end=1.0, steps=self.steps, method=self.method).x
-        return self.codec.decode_image(z, self.image_channels)
+        return self.codec.decode_image(self._integrate(noise_x, y, network, generator), self.image_channels)

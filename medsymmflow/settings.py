@@ -39,9 +39,10 @@ from medsymmflow.checks import (
 )
 from medsymmflow.codes import SCORES
 from medsymmflow.data.medmnist import MEDMNIST_SPLITS
+from medsymmflow.flow.guidance import check_guidance_scale
 from medsymmflow.flow.loss import check_decoupled_modes
 from medsymmflow.flow.solver import FIXED_STEP_METHODS, check_method
-from medsymmflow.inferers import INFERER_DECISIONS
+from medsymmflow.inferers import INFERER_DECISIONS, TIME_COUPLINGS
 from medsymmflow.metrics.synthesis import LPIPS_NETS
 from medsymmflow.precision import resolve_autocast
 
@@ -131,11 +132,14 @@ RULES: dict[str, Callable[[Any, str], Any]] = {
     "evaluation#score": _choice(SCORES),
     "evaluation#batch_size": positive_int,
     "evaluation#selective": boolean,
+    "evaluation#time_coupling": _choice(TIME_COUPLINGS),
     "sampling#enabled": boolean,
     "sampling#num_per_class": positive_int,
     "sampling#steps": positive_int,
     "sampling#method": _choice(tuple(FIXED_STEP_METHODS)),
     "sampling#batch_size": positive_int,
+    "sampling#time_coupling": _choice(TIME_COUPLINGS),
+    "sampling#guidance_scale": check_guidance_scale,
 }
 
 

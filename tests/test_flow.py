@@ -353,3 +353,139 @@ def test_one_euler_step_with_perfect_velocity_recovers_the_code() -> None:
     out = SymmFlowSolver(oracle).sample(x, y1, 1.0, 0.0, steps=1)
     torch.testing.assert_close(out.y, y, atol=1e-5, rtol=1e-5)
     assert torch.equal(cb.decode(out.y).labels, labels)
+
+
+# ----------------------------------------------------------------------------- decoupled times and guidance
+class _Recorder:
+    """A velocity field that records the times it saw; ``field(x, y, t)`` gives the velocities."""
+
+    def __init__(self, field) -> None:
+        self.field, self.times, self.labels = field, [], []
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.times.append(t.clone())
+        self.labels.append(y.clone())
+        return self.field(x, y, t)
+
+
+def _column(t: torch.Tensor, k: int, like: torch.Tensor) -> torch.Tensor:
+    return t[:, k].reshape((-1,) + (1,) * (like.ndim - 1)).expand_as(like)
+
+
+@pytest.mark.parametrize("method", ["euler", "heun", "midpoint", "rk4"])
+def test_hold_y_integrates_x_alone_at_a_clean_label(method: str) -> None:
+    # dx/dt = y + t_x, and y "would" move with dy/dt = 1: held, it stays, and x(1) = x0 + y + 1/2
+    # (exact for Heun / midpoint / rk4, linear in t; Euler with 4 steps sums the left times: x0 + y + 3/8)
+    field = _Recorder(lambda x, y, t: (y.mean(1, keepdim=True) + _column(t, 0, x), torch.ones_like(y)))
+    x0 = torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    y0 = torch.randn(3, 2, 2, 2, dtype=torch.float64)
+    out = SymmFlowSolver(field).sample(x0, y0, t_start=0.0, t_end=1.0, steps=4, method=method, hold="y")
+    assert out.y is y0  # returned unchanged
+    expected = x0 + y0.mean(1, keepdim=True) + (0.375 if method == "euler" else 0.5)
+    torch.testing.assert_close(out.x, expected, rtol=0, atol=1e-12)
+    seen = torch.stack(field.times)
+    assert seen.shape[1:] == (3, 2) and torch.all(seen[:, :, 1] == 0.0)  # t = (t_x, 0) at every evaluation
+    if method == "euler":
+        assert seen[:, 0, 0].tolist() == [0.0, 0.25, 0.5, 0.75]
+    if method == "heun":
+        assert seen[:, 0, 0].tolist() == [0.0, 0.25, 0.25, 0.5, 0.5, 0.75, 0.75, 1.0]
+    assert all(torch.equal(y, y0) for y in field.labels)  # also at the intermediate stages
+    assert out.nfe == {"euler": 4, "heun": 8, "midpoint": 8, "rk4": 16}[method]
+
+
+@pytest.mark.parametrize("method", ["euler", "heun"])
+def test_hold_x_integrates_the_label_at_a_clean_image(method: str) -> None:
+    # dy/dt = -x (x held at the image): y(0) = y(1) + x, reached exactly from t_y = 1
+    field = _Recorder(lambda x, y, t: (torch.ones_like(x), -x.expand_as(y) * (1 + 0 * _column(t, 1, y))))
+    x0, y0 = torch.randn(2, 1, 3, 3), torch.randn(2, 3, 3, 3)
+    out = SymmFlowSolver(field).sample(x0, y0, t_start=1.0, t_end=0.0, steps=3, method=method, hold="x")
+    assert out.x is x0
+    torch.testing.assert_close(out.y, y0 + x0.expand_as(y0))
+    seen = torch.stack(field.times)
+    assert torch.all(seen[:, :, 0] == 1.0) and seen[0, 0, 1].item() == 1.0  # t = (1, t_y), t_y from 1
+    assert seen[-1, 0, 1].item() == pytest.approx(0.0 if method == "heun" else 1 / 3)
+    custom = _Recorder(field.field)
+    SymmFlowSolver(custom).sample(x0, y0, 1.0, 0.0, steps=1, hold="x", held_time=0.5)
+    assert custom.times[0][:, 0].tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="unknown hold 'z'"):
+        SymmFlowSolver(field).sample(x0, y0, hold="z")
+    with pytest.raises(ValueError, match="held_time needs hold"):
+        SymmFlowSolver(field).sample(x0, y0, held_time=1.0)
+    with pytest.raises(ValueError, match=r"held_time must lie in \[0, 1\]"):
+        SymmFlowSolver(field).sample(x0, y0, hold="x", held_time=2.0)
+
+
+def _reference_coupled(velocity, x, y, t0, t1, steps, method):
+    """The coupled fixed-step integration as the solver wrote it before decoupled times existed."""
+    grid = torch.linspace(float(t0), float(t1), steps + 1, dtype=torch.float64)
+
+    def ev(a, b, t):
+        return velocity(a, b, torch.full((a.shape[0],), float(t), dtype=a.dtype))
+
+    for s0, s1 in zip(grid[:-1].tolist(), grid[1:].tolist()):
+        dt = s1 - s0
+        k1x, k1y = ev(x, y, s0)
+        if method == "euler":
+            x, y = x + dt * k1x, y + dt * k1y
+        elif method == "midpoint":
+            k2x, k2y = ev(x + 0.5 * dt * k1x, y + 0.5 * dt * k1y, s0 + 0.5 * dt)
+            x, y = x + dt * k2x, y + dt * k2y
+        else:
+            k2x, k2y = ev(x + dt * k1x, y + dt * k1y, s1)
+            x, y = x + 0.5 * dt * (k1x + k2x), y + 0.5 * dt * (k1y + k2y)
+    return x, y
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "heun"])
+def test_coupled_integration_is_bit_identical_to_the_paper_path(method: str) -> None:
+    def field(x, y, t):
+        assert t.shape == (x.shape[0],)  # coupled: one time per sample
+        tt = t.view(-1, 1, 1, 1)
+        return torch.sin(3 * x * tt) + y.mean(1, keepdim=True), torch.cos(y) * tt - x
+
+    g = torch.Generator().manual_seed(3)
+    x0, y0 = torch.randn(4, 1, 3, 3, generator=g), torch.randn(4, 3, 3, 3, generator=g)
+    for t0, t1 in ((0.0, 1.0), (1.0, 0.0)):
+        out = SymmFlowSolver(field).sample(x0, y0, t0, t1, steps=5, method=method)
+        ref_x, ref_y = _reference_coupled(field, x0, y0, t0, t1, 5, method)
+        assert torch.equal(out.x, ref_x) and torch.equal(out.y, ref_y)
+
+
+def test_guided_velocity_is_the_conditional_field_at_scale_one() -> None:
+    from medsymmflow.flow import GuidedVelocity
+
+    field = _Recorder(lambda x, y, t: (x * y.mean(1, keepdim=True) + _column(t, 1, x), 2 * y))
+    x, y, xi = torch.randn(3, 1, 2, 2), torch.randn(3, 2, 2, 2), torch.randn(3, 2, 2, 2)
+    t = torch.stack([torch.full((3,), 0.3), torch.zeros(3)], dim=1)
+    cond = field.field(x, y, t)
+    guided = GuidedVelocity(field, xi, 1.0)
+    out = guided(x, y, t)
+    assert torch.equal(out[0], cond[0]) and torch.equal(out[1], cond[1])
+    assert len(field.times) == 1 and guided.network_evaluations == 1
+    # one Euler step per grid interval, one network evaluation each
+    field.times.clear()
+    res = SymmFlowSolver(guided).sample(x, y, 0.0, 1.0, steps=4, hold="y")
+    assert len(field.times) == 4 and res.nfe == 4
+
+
+def test_guided_velocity_extrapolates_from_the_unconditional_field() -> None:
+    from medsymmflow.flow import GuidedVelocity, guidance_evaluations
+
+    field = _Recorder(lambda x, y, t: (x * y.mean(1, keepdim=True) + _column(t, 1, x), 2 * y))
+    x, y, xi = torch.randn(3, 1, 2, 2), torch.randn(3, 2, 2, 2), torch.randn(3, 2, 2, 2)
+    t = torch.stack([torch.full((3,), 0.3), torch.zeros(3)], dim=1)
+    cond = field.field(x, y, t)[0]
+    uncond = field.field(x, xi, torch.stack([t[:, 0], torch.ones(3)], dim=1))[0]  # the label at t_y = 1 is noise
+    field.times.clear()
+    guided = GuidedVelocity(field, xi, 2.0)
+    v_x, v_y = guided(x, y, t)
+    torch.testing.assert_close(v_x, 2 * cond - uncond)
+    torch.testing.assert_close(v_y, 2 * y)
+    assert guided.network_evaluations == 2 and guidance_evaluations(1.0) == 1
+    assert torch.equal(field.times[0][:, 0], torch.full((6,), 0.3)) and field.times[0][:, 1].tolist() == [0.0] * 3 + [1.0] * 3
+    res = SymmFlowSolver(guided).sample(x, y, 0.0, 1.0, steps=3, method="heun", hold="y")
+    assert res.nfe == 12  # two network evaluations per velocity call
+    with pytest.raises(ValueError, match=r"decoupled times t of shape \(B, 2\)"):
+        guided(x, y, torch.zeros(3))
+    with pytest.raises(ValueError, match="guidance_scale must be a finite number >= 0"):
+        GuidedVelocity(field, xi, -1.0)

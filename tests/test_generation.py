@@ -121,6 +121,47 @@ def test_generate_per_class_rejects_bad_arguments() -> None:
         generate_per_class(net, codebook, 1, [1, 1, 1], progress=False)
 
 
+class _DecoupledToy(nn.Module):
+    """A velocity field marked as trained with decoupled times: v_x = the label's channel mean + scale * t_x."""
+
+    decoupled_time = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(0.5))
+        self.time_shapes: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.time_shapes.append(tuple(t.shape))
+        t_x = t[:, 0].view(-1, *([1] * (x.ndim - 1)))
+        return y.mean(1, keepdim=True).expand_as(x) + self.scale * t_x, torch.zeros_like(y)
+
+
+def test_generate_per_class_passes_time_coupling_and_guidance() -> None:
+    codebook = ClassCodebook.gray(2)
+    kwargs = dict(steps=2, spatial_size=(8, 8), batch_size=4, progress=False, seed=3)
+    toy = _DecoupledToy()
+    plain, _ = sample_per_class(toy, codebook, 1, 2, **kwargs)
+    assert set(toy.time_shapes) == {(4, 2)}  # auto: the decoupled path, one evaluation per step
+    assert len(toy.time_shapes) == 2
+    toy.time_shapes.clear()
+    guided, _ = sample_per_class(toy, codebook, 1, 2, guidance_scale=3.0, **kwargs)
+    assert toy.time_shapes == [(8, 2), (8, 2)]  # conditional and unconditional batches in one pass
+    again, _ = sample_per_class(toy, codebook, 1, 2, guidance_scale=3.0, **kwargs)
+    assert torch.equal(guided, again) and not torch.allclose(guided, plain)
+    # a coupled network: auto is the paper's path, and guidance is refused with one line
+    net = _tiny_unet(1, 1)
+    auto, _ = generate_per_class(net, codebook, 1, 2, **kwargs)
+    coupled, _ = generate_per_class(net, codebook, 1, 2, time_coupling="coupled", **kwargs)
+    assert np.array_equal(auto, coupled)
+    with pytest.raises(ValueError, match="guidance_scale 2.0 needs the decoupled path .* the network was trained coupled"):
+        generate_per_class(net, codebook, 1, 2, guidance_scale=2.0, **kwargs)
+    with pytest.raises(ValueError, match="'decoupled' needs a network trained with decoupled times"):
+        generate_per_class(net, codebook, 1, 2, time_coupling="decoupled", **kwargs)
+    with pytest.raises(ValueError, match="unknown time_coupling 'paired'"):
+        generate_per_class(net, codebook, 1, 2, time_coupling="paired", **kwargs)
+
+
 CENTRES = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0]])  # class 0: blobs 0, 1; class 1: blobs 2, 3
 CODE_DIM = 16  # the class code repeated over 16 channels, like an image's constant code mask
 
@@ -316,6 +357,41 @@ def test_evaluate_generation_reports_fid_and_cas_per_step_count(tmp_path: Path) 
     assert report["reference"] is None
 
 
+def test_evaluate_generation_with_guidance_counts_both_evaluations() -> None:
+    codebook = ClassCodebook.gray(2)
+    real = _blob_images(12, seed=0, size=8)
+    real_labels = np.array([0] * 8 + [1] * 4)
+    kwargs = dict(steps=(1, 2), feature_extractor=_random_features())
+    report = evaluate_generation(_DecoupledToy(), codebook, 1, real, real_labels, guidance_scale=2.0, **kwargs)
+    assert report["time_coupling"] == "decoupled" and report["guidance_scale"] == 2.0
+    assert [r["nfe"] for r in report["results"]] == [2, 4]  # two network evaluations per Euler step
+    plain = evaluate_generation(_tiny_unet(1, 1), codebook, 1, real, real_labels, **kwargs)
+    assert plain["time_coupling"] == "coupled" and [r["nfe"] for r in plain["results"]] == [1, 2]
+    with pytest.raises(ValueError, match="the network was trained coupled"):
+        evaluate_generation(_tiny_unet(1, 1), codebook, 1, real, real_labels, guidance_scale=2.0, **kwargs)
+
+
+def test_load_generator_rebuilds_a_decoupled_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medsymmflow.networks as networks
+
+    path = _write_checkpoint(tmp_path / "best.pt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["run_info"]["decoupled_time"] = True
+    torch.save(ckpt, path)
+    real_build, seen = networks.build_network, []
+
+    def build(preset, x_channels, y_channels, **overrides):
+        seen.append(overrides)
+        return real_build(preset, x_channels, y_channels)  # the override itself lands with SymmFlowUNet(decoupled_time=...)
+
+    monkeypatch.setattr(networks, "build_network", build)
+    load_generator(path)
+    assert seen == [{"decoupled_time": True}]
+    _write_checkpoint(tmp_path / "coupled.pt")
+    load_generator(tmp_path / "coupled.pt")
+    assert seen[-1] == {}  # checkpoints without the key are coupled
+
+
 def test_evaluate_generation_reference_row_from_real_images() -> None:
     codebook = ClassCodebook.gray(2)
     real = _blob_images(12, seed=0, size=8)
@@ -375,6 +451,15 @@ def test_cli_sample_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> Non
     assert "invalid choice: 'rk45'" in capsys.readouterr().err
     assert main(["sample", "--ckpt", str(ckpt), "--evaluate"]) == 1
     assert "--evaluate needs --dataset-dir" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(ckpt), "--guidance-scale", "2", "--time-coupling", "coupled"]) == 1
+    err = capsys.readouterr().err
+    assert "guidance_scale 2.0 needs the decoupled path" in err and len(err.strip().splitlines()) == 1
+    assert main(["sample", "--ckpt", str(ckpt), "--guidance-scale", "2", "--output-dir", str(tmp_path / "g")]) == 1
+    assert "the network was trained coupled" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()  # refused before anything was written
+    with pytest.raises(SystemExit):
+        main(["sample", "--ckpt", str(ckpt), "--time-coupling", "paired"])
+    assert "invalid choice: 'paired'" in capsys.readouterr().err
     with pytest.raises(ValueError, match="comma-separated integers"):
         parse_steps("1,five")
 

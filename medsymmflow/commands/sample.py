@@ -6,6 +6,11 @@ class). With ``--evaluate`` it instead generates as many images per class as the
 FID against the real split (offline Inception V3, see :mod:`medsymmflow.metrics.fid`) and the CAS of
 a real-trained classifier (``--classifier``, the ResNet-18 baseline's ``model.pt``), plus one montage
 per step count.
+
+``--time-coupling`` picks the sampler's path (``auto``: decoupled when the checkpoint was trained with
+decoupled times, the label held clean while the image is integrated; ``coupled``: the paper's path) and
+``--guidance-scale W`` adds classifier-free guidance (decoupled checkpoints only; twice the network
+evaluations per step).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from medsymmflow.generation_metrics import DEFAULT_EVAL_STEPS, METRICS_FILE
+from medsymmflow.inferers import TIME_COUPLINGS
 
 if TYPE_CHECKING:
     from medsymmflow.generation import LoadedGenerator
@@ -34,6 +40,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--method", default="euler", choices=("euler", "midpoint", "heun"),
         help="fixed-step ODE method (default: euler; midpoint and heun cost 2 evaluations per step)",
+    )
+    parser.add_argument(
+        "--time-coupling", default="auto", choices=TIME_COUPLINGS,
+        help="auto (default): decoupled when the checkpoint was trained with decoupled times (label held clean, "
+        "t = (t_x, 0)); coupled: the paper's path; decoupled: insist on the decoupled path",
+    )
+    parser.add_argument(
+        "--guidance-scale", type=float, default=1.0, metavar="W",
+        help="classifier-free guidance scale (default: 1 = none); other values need a decoupled checkpoint and "
+        "cost 2 network evaluations per velocity call",
     )
     parser.add_argument("--seed", type=int, default=0, help="noise seed; the same seed gives the same images (default: 0)")
     parser.add_argument(
@@ -92,9 +108,12 @@ def parse_steps(text: str) -> tuple[int, ...]:
 def run(args: argparse.Namespace) -> int:
     """Sample (or evaluate) from ``args.ckpt`` and print every file written; returns the exit code."""
     from medsymmflow.generation import check_sampling_settings, load_generator, sample_checkpoint
+    from medsymmflow.inferers import resolve_time_coupling
 
     # the library's checks, before the checkpoint is read; --eval-samples is checked by evaluate_checkpoint
-    check_sampling_settings(args.device, args.num_per_class, args.steps, args.batch_size)
+    check_sampling_settings(
+        args.device, args.num_per_class, args.steps, args.batch_size, args.time_coupling, args.guidance_scale
+    )
     if args.evaluate and not args.dataset_dir:
         raise ValueError("--evaluate needs --dataset-dir (the folder holding <flag>.npz)")
     eval_steps = parse_steps(args.eval_steps) if args.evaluate else ()
@@ -104,12 +123,15 @@ def run(args: argparse.Namespace) -> int:
     saved = sample_checkpoint(
         args.ckpt, args.output_dir, num_per_class=args.num_per_class, steps=args.steps, method=args.method,
         seed=args.seed, batch_size=args.batch_size, device=args.device, beta=args.beta,
-        progress=not args.no_progress, generator=gen,
+        progress=not args.no_progress, generator=gen, time_coupling=args.time_coupling,
+        guidance_scale=args.guidance_scale,
     )
+    coupling = resolve_time_coupling(args.time_coupling, gen.network)
+    guidance = f", guidance {args.guidance_scale:g}" if args.guidance_scale != 1.0 else ""
     print(
         f"{gen.run_info['flag']}: {len(saved.images)} samples ({args.num_per_class} per class x "
         f"{gen.codebook.num_classes} classes), "
-        f"{args.steps} {args.method} steps, seed {args.seed}"
+        f"{args.steps} {args.method} steps ({coupling}{guidance}), seed {args.seed}"
     )
     for folder in saved.class_dirs:
         print(f"wrote {folder}/ ({len(list(folder.glob('*.png')))} PNG)")
@@ -133,7 +155,10 @@ def _run_evaluation(args: argparse.Namespace, gen: LoadedGenerator, eval_steps: 
         steps=eval_steps, method=args.method, seed=args.seed, batch_size=args.batch_size,
         num_per_class=args.eval_samples, reference_split=args.reference_split, inception=args.inception,
         device=args.device, beta=args.beta, output_dir=args.output_dir, progress=not args.no_progress, generator=gen,
+        time_coupling=args.time_coupling, guidance_scale=args.guidance_scale,
     )
+    guidance = f", guidance {report['guidance_scale']:g}" if report["guidance_scale"] != 1.0 else ""
+    print(f"{report['method']} sampler, {report['time_coupling']} times{guidance}")
     print(f"{'steps':>5} {'NFE':>4} {'FID':>9} {'CAS':>7} {'seconds':>8}")
     ref = report.get("reference")
     if ref is not None:
