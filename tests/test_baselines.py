@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import math
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_benchmark
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from torch import nn
 from torchmetrics.functional.classification import binary_auroc
@@ -319,15 +319,8 @@ def test_augment_bad_input_raises(images: object, kwargs: dict, error: type, mat
 # ---------------------------------------------------------------------------------------- throughput
 
 
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
-
-
 def test_throughput_timer_counts_calls_and_reports_the_median() -> None:
-    throughput = _load_script("throughput")
+    throughput = load_benchmark("throughput")
     calls = []
     images = torch.zeros(10, 1, 4, 4)
     result = throughput.measure_throughput(lambda x: calls.append(x.shape[0]), images, repeats=3, warmup=2)
@@ -347,7 +340,7 @@ def test_throughput_timer_counts_calls_and_reports_the_median() -> None:
 
 
 def test_benchmark_gives_the_resnet_medsymmflow_batch_size_unless_told_otherwise() -> None:
-    bench = _load_script("classification")
+    bench = load_benchmark("classification")
     recipe = json.loads((BENCHMARKS.parent / "configs" / "cpu.json").read_text())["batch_size"]
 
     def resnet_batch(*argv: str) -> int:
@@ -361,7 +354,7 @@ def test_benchmark_gives_the_resnet_medsymmflow_batch_size_unless_told_otherwise
 
 
 def test_benchmark_report_without_finished_runs_names_the_missing_file(tmp_path: Path) -> None:
-    bench = _load_script("classification")
+    bench = load_benchmark("classification")
     argv = ["--flag", "retinamnist", "--dataset-dir", ".", "--report-only", "--output-dir", str(tmp_path)]
     with pytest.raises(SystemExit, match=r"no test metrics at .*medsymmflow/metrics.json.*--report-only needs"):
         bench.main(argv)
@@ -370,7 +363,7 @@ def test_benchmark_report_without_finished_runs_names_the_missing_file(tmp_path:
 
 def test_benchmark_report_reads_the_baselines_metrics(trained: tuple[dict, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # --report-only on a folder holding this baseline's run and a medsymmflow metrics.json
-    bench = _load_script("classification")
+    bench = load_benchmark("classification")
     result, out = trained
     shutil.copytree(out, tmp_path / "resnet18")
     summary = {"medmnist": {m: {"mean": 0.5, "two_sigma": 0.0} for m in ("acc", "auc")}}

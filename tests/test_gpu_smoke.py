@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
@@ -11,21 +10,14 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
+from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "gpu_smoke.py"
 BATCH, STEPS, SIZE = 2, 3, 64
-
-
-def _load_script() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_gpu_smoke", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +28,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, str]
     threads = torch.get_num_threads()
     try:
         with contextlib.redirect_stdout(stdout):
-            result = _load_script().main(["--device", "cpu", "--tiny", "--channels-last", "--autocast", "none",
+            result = load_benchmark("gpu_smoke").main(["--device", "cpu", "--tiny", "--channels-last", "--autocast", "none",
                                           "--vae", str(missing_vae), "--output", str(out)])
     finally:
         torch.set_num_threads(threads)  # the script takes one thread on CPU; the rest of the suite keeps its own
@@ -78,7 +70,7 @@ def test_the_tiny_cpu_run_trains_segments_synthesises_and_reports(tiny_run: tupl
 
 
 def test_cpu_without_tiny_is_refused_in_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    bench = _load_script()
+    bench = load_benchmark("gpu_smoke")
     with pytest.raises(SystemExit) as stopped:
         bench.main(["--device", "cpu", "--output", str(tmp_path / "r.json")])
     assert stopped.value.code == 2

@@ -3,22 +3,13 @@ assembled from fake run folders (--report-only), the montage."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
+from conftest import load_benchmark
 
 
 def _seg(miou: float, no_bg: float, acc: float) -> dict:
@@ -54,7 +45,7 @@ def _fake_runs(out: Path) -> None:
 
 
 def test_report_only_assembles_the_table_and_results_from_finished_runs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    bench = _load_script("segmentation")
+    bench = load_benchmark("segmentation")
     _fake_runs(tmp_path)
     report = bench.main(["--report-only", "--output-dir", str(tmp_path), "--dataset-dir", "."])
     rows = report["rows"]
@@ -85,7 +76,7 @@ def test_report_only_assembles_the_table_and_results_from_finished_runs(tmp_path
 
 
 def test_report_only_names_what_is_missing(tmp_path: Path) -> None:
-    bench = _load_script("segmentation")
+    bench = load_benchmark("segmentation")
     with pytest.raises(SystemExit, match=r"no test metrics at .*medsymmflow/segmentation_metrics.json.*basicunet/metrics.json"):
         bench.main(["--report-only", "--output-dir", str(tmp_path), "--dataset-dir", "."])
     _fake_runs(tmp_path)
@@ -97,7 +88,7 @@ def test_report_only_names_what_is_missing(tmp_path: Path) -> None:
 
 
 def test_both_models_get_the_same_budget_data_size_precision_and_batch_size(tmp_path: Path) -> None:
-    bench = _load_script("segmentation")
+    bench = load_benchmark("segmentation")
     args = bench._parse_args(["--dataset-dir", str(tmp_path), "--budget-minutes", "7", "--autocast", "none",
                               "--override=--batch_size=24", "--override=--net_preset=tiny"])
     flow = bench._bundle_command(args, tmp_path / "m")
@@ -113,7 +104,7 @@ def test_both_models_get_the_same_budget_data_size_precision_and_batch_size(tmp_
 
 
 def test_segmentation_montage_rows_hold_image_truth_predictions_and_uncertainty() -> None:
-    bench = _load_script("segmentation")
+    bench = load_benchmark("segmentation")
     n, h = 2, 4
     tiles = [np.full((n, h, h, 3), v, np.uint8) for v in (10, 20, 30, 40)]
     uncertainty = np.zeros((n, h, h))
@@ -140,7 +131,7 @@ def test_measure_scores_floor_speed_synthesis_and_writes_figures(tmp_path: Path,
     from medsymmflow.io import RunInfo
     from medsymmflow.networks import build_network, create_ema
 
-    bench = _load_script("segmentation")
+    bench = load_benchmark("segmentation")
     data = write_synthetic_segmentation(tmp_path / "pairs", n=20, size=32, num_classes=4, seed=0)
     out = tmp_path / "run"
     train_segmentation_baseline(data, size=32, budget_minutes=None, max_epochs=1, batch_size=8, features=(4, 4, 8, 8, 8, 4),
@@ -170,7 +161,7 @@ def test_measure_scores_floor_speed_synthesis_and_writes_figures(tmp_path: Path,
 def test_side_by_side_jobs_are_timed_and_a_failing_one_names_its_log(tmp_path: Path) -> None:
     import sys
 
-    jobs = _load_script("side_by_side")
+    jobs = load_benchmark("side_by_side")
     ok = [(name, [sys.executable, "-c", f"print('{name}')"], tmp_path / f"{name}.log") for name in ("a", "b")]
     wall = jobs.run_jobs(ok, threads=1)
     assert sorted(wall) == ["a", "b"] and all(s >= 0 for s in wall.values())

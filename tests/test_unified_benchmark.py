@@ -4,23 +4,14 @@ for Inception, which costs seconds per image on a CPU)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_benchmark
 from torch import nn
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def _figures(**flow_changes: float | None) -> dict:
@@ -37,7 +28,7 @@ def _met(rows: list[dict]) -> dict:
 
 
 def test_targets_met_and_not_met_on_hand_made_figures() -> None:
-    bench = _load_script("unified")
+    bench = load_benchmark("unified")
     rows = bench.target_rows(_figures(), "pneumoniamnist")
     assert [r["key"] for r in rows] == [
         "acc", "auc", "aurc", "eaurc", "ece", "ood_auroc", "cas", "fid", "images_per_second", "generation_seconds_per_image",
@@ -64,7 +55,7 @@ def test_targets_met_and_not_met_on_hand_made_figures() -> None:
 
 
 def test_missing_pieces_are_reported_not_crashed() -> None:
-    bench = _load_script("unified")
+    bench = load_benchmark("unified")
     figures = _figures(cas=None, fid=None)
     figures["resnet18"]["acc"] = None
     figures["reference_fid"] = None
@@ -102,9 +93,9 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data, out = root / "data", root / "run"
     write_synthetic_medmnist(data, "pneumoniamnist", n_train=32, n_val=16, n_test=16, seed=0)
     write_synthetic_medmnist(data, "retinamnist", n_train=5, n_val=5, n_test=12, seed=1)
-    bench = _load_script("unified")
-    classification = _load_script("classification")
-    side_by_side = _load_script("side_by_side")
+    bench = load_benchmark("unified")
+    classification = load_benchmark("classification")
+    side_by_side = load_benchmark("side_by_side")
     args = bench._parse_args([*ARGS, "--dataset-dir", str(data)])
     jobs = [
         ("medsymmflow", classification._bundle_command(args, out / "medsymmflow"), out / "medsymmflow.log"),
@@ -124,7 +115,7 @@ def test_report_only_measures_a_finished_run_and_then_rereads_it(
     monkeypatch.setattr(generation_metrics, "find_inception_file", lambda path=None: Path("fake_inception.pt"))
     monkeypatch.setattr(generation_metrics, "load_inception", lambda path=None, device="cpu": _random_features())
     data, out = finished_run
-    bench = _load_script("unified")
+    bench = load_benchmark("unified")
     argv = [*ARGS, "--dataset-dir", str(data), "--output-dir", str(out), "--report-only"]
     results = bench.main(argv)
     printed = capsys.readouterr().out
@@ -168,7 +159,7 @@ def test_report_only_measures_a_finished_run_and_then_rereads_it(
 
 
 def test_report_only_without_a_finished_run_names_the_missing_file(tmp_path: Path) -> None:
-    bench = _load_script("unified")
+    bench = load_benchmark("unified")
     with pytest.raises(SystemExit, match=r"unified benchmark: no test metrics at .*medsymmflow/metrics.json"):
         bench.main(["--flag", "retinamnist", "--dataset-dir", ".", "--report-only", "--output-dir", str(tmp_path)])
     assert not (tmp_path / "results.json").exists()
