@@ -20,6 +20,7 @@ __all__ = [
     "available_device",
     "boolean",
     "float_image_batch",
+    "fraction",
     "nonnegative_float",
     "nonnegative_int",
     "one_of",
@@ -69,6 +70,13 @@ def positive_float(value: Any, name: str) -> float:
 def nonnegative_float(value: Any, name: str) -> float:
     """``value`` as a finite float >= 0."""
     return _number(value, name, positive=False)
+
+
+def fraction(value: Any, name: str) -> float:
+    """``value`` as a float in [0, 1]; a bool, a string or anything outside the interval is refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
 
 
 def boolean(value: Any, name: str) -> bool:

@@ -30,6 +30,7 @@ from medsymmflow import errors
 from medsymmflow.checks import (
     available_device,
     boolean,
+    fraction,
     nonnegative_float,
     nonnegative_int,
     one_of,
@@ -66,30 +67,24 @@ RUN_ARGUMENTS = (
 )
 
 
-def _autocast(value: Any, name: str) -> Any:
-    try:
-        resolve_autocast(value)
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
-    return value
+def _named(check: Callable[[Any], Any]) -> Callable[[Any, str], Any]:
+    """A rule from a one-argument check whose message does not name the setting: its ValueError, prefixed with the name."""
+
+    def rule(value: Any, name: str) -> Any:
+        try:
+            check(value)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+        return value
+
+    return rule
+
+
+_autocast = _named(resolve_autocast)
 
 
 def _choice(choices: Sequence[str]) -> Callable[[Any, str], Any]:
     return lambda value, name: one_of(value, choices, name)
-
-
-def _fraction(value: Any, name: str) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-    return value
-
-
-def _decoupled_modes(value: Any, name: str) -> Any:
-    try:
-        check_decoupled_modes(value)
-    except ValueError as e:
-        raise ValueError(f"{name}: {e}") from None
-    return value
 
 
 # setting -> validator(value, name): the same checks and choices the objects fed by the setting apply
@@ -119,8 +114,8 @@ RULES: dict[str, Callable[[Any, str], Any]] = {
     "training#plan_epochs": boolean,
     "training#augment": boolean,
     "training#evaluate_after_training": boolean,
-    "training#time_decoupled": _fraction,
-    "training#time_decoupled_modes": _decoupled_modes,
+    "training#time_decoupled": fraction,
+    "training#time_decoupled_modes": _named(check_decoupled_modes),
     "evaluation#split": _choice(MEDMNIST_SPLITS),
     "evaluation#steps": positive_int,
     "evaluation#method": check_method,
@@ -194,7 +189,7 @@ SEGMENTATION_RULES: dict[str, Callable[[Any, str], Any]] = {
     "inference#synthesis_steps": positive_int,
     "inference#samples_per_mask": positive_int,
     "inference#batch_size": positive_int,
-    "inference#overlay_alpha": _fraction,
+    "inference#overlay_alpha": fraction,
 }
 
 

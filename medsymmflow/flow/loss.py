@@ -8,6 +8,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from medsymmflow.checks import fraction
+
 __all__ = ["DECOUPLED_MODES", "TIME_SCHEDULES", "SymmFlowLoss", "TimeSampler", "check_decoupled_modes"]
 
 TIME_SCHEDULES = ("uniform", "logit_normal", "power", "mixture")
@@ -58,10 +60,8 @@ class TimeSampler:
             raise ValueError(f"skew must be > -1, got {skew}")
         if not 0.0 <= p_one <= 1.0:
             raise ValueError(f"p_one must lie in [0, 1], got {p_one}")
-        if isinstance(decoupled, bool) or not isinstance(decoupled, (int, float)) or not 0.0 <= decoupled <= 1.0:
-            raise ValueError(f"decoupled (the fraction of decoupled rows) must be a number in [0, 1], got {decoupled!r}")
         self.schedule, self.loc, self.scale, self.skew, self.p_one = schedule, loc, scale, skew, p_one
-        self.decoupled = float(decoupled)
+        self.decoupled = fraction(decoupled, "decoupled (the fraction of decoupled rows)")
         self.decoupled_modes = check_decoupled_modes(decoupled_modes)
 
     def __call__(
