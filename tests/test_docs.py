@@ -61,3 +61,26 @@ def test_segmentation_table_equals_the_newest_segmentation_benchmark_json() -> N
     text = (REPO / "docs" / "results.md").read_text()
     block = text.split("<!-- segmentation-table:begin -->", 1)[1].split("<!-- segmentation-table:end -->", 1)[0]
     assert block.strip() == f"```\n{table}\n```" and newest.name in text
+
+
+def test_unified_tables_equal_the_newest_unified_benchmark_jsons() -> None:
+    # one block per dataset: the fixed-width table benchmarks/unified.py prints, from that dataset's newest JSON
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from unified import format_table
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    newest: dict[str, Path] = {}
+    for path in (REPO / "docs" / "results").glob("*_unified_v*.json"):
+        flag = path.stem.rsplit("_unified_v", 1)[0]
+        version = int(path.stem.rsplit("_v", 1)[1])
+        if flag not in newest or version > int(newest[flag].stem.rsplit("_v", 1)[1]):
+            newest[flag] = path
+    assert newest, "no docs/results/<flag>_unified_v<N>.json"
+    text = (REPO / "docs" / "results.md").read_text()
+    for flag, path in newest.items():
+        bench = json.loads(path.read_text())
+        begin, end = f"<!-- unified-table:{flag}:begin -->", f"<!-- unified-table:{flag}:end -->"
+        assert begin in text and end in text, f"docs/results.md has no {begin} block"
+        block = text.split(begin, 1)[1].split(end, 1)[0]
+        assert block.strip() == f"```\n{format_table(bench['table'])}\n```" and path.name in text
