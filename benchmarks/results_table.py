@@ -28,20 +28,20 @@ RESULTS_DIR = REPO / "docs" / "results"
 PAPER_FILE = RESULTS_DIR / "medsymmflow_paper.json"
 TARGETS = (REPO / "README.md", REPO / "docs" / "results.md")
 BEGIN, END = "<!-- results-table:begin -->", "<!-- results-table:end -->"
-_BENCHMARK = re.compile(r"^(?P<flag>[a-z0-9]+)_benchmark_v(?P<version>\d+)\.json$")
 
 __all__ = ["newest_benchmarks", "render_table", "replace_block"]
 
 
-def newest_benchmarks(results_dir: Path = RESULTS_DIR) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """Flag -> (path, contents) of the benchmark JSON with the highest version number, in flag order."""
+def newest_benchmarks(results_dir: Path = RESULTS_DIR, kind: str = "benchmark") -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Flag -> (path, contents) of the ``<flag>_<kind>_v<N>.json`` with the highest version number, in flag order."""
+    pattern = re.compile(rf"^(?P<flag>[a-z0-9]+)_{re.escape(kind)}_v(?P<version>\d+)\.json$")
     best: dict[str, tuple[int, Path]] = {}
-    for path in results_dir.glob("*_benchmark_v*.json"):
-        m = _BENCHMARK.match(path.name)
+    for path in results_dir.glob(f"*_{kind}_v*.json"):
+        m = pattern.match(path.name)
         if m and int(m["version"]) > best.get(m["flag"], (-1, path))[0]:
             best[m["flag"]] = (int(m["version"]), path)
     if not best:
-        raise FileNotFoundError(f"no <flag>_benchmark_v<N>.json in {results_dir}")
+        raise FileNotFoundError(f"no <flag>_{kind}_v<N>.json in {results_dir}")
     return {flag: (path, json.loads(path.read_text())) for flag, (_, path) in sorted(best.items())}
 
 

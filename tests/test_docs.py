@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,21 +66,9 @@ def test_segmentation_table_equals_the_newest_segmentation_benchmark_json() -> N
 
 def test_unified_tables_equal_the_newest_unified_benchmark_jsons() -> None:
     # one block per dataset: the fixed-width table benchmarks/unified.py prints, from that dataset's newest JSON
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from unified import format_table
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    newest: dict[str, Path] = {}
-    for path in (REPO / "docs" / "results").glob("*_unified_v*.json"):
-        flag = path.stem.rsplit("_unified_v", 1)[0]
-        version = int(path.stem.rsplit("_v", 1)[1])
-        if flag not in newest or version > int(newest[flag].stem.rsplit("_v", 1)[1]):
-            newest[flag] = path
-    assert newest, "no docs/results/<flag>_unified_v<N>.json"
+    format_table = load_benchmark("unified").format_table
     text = (REPO / "docs" / "results.md").read_text()
-    for flag, path in newest.items():
-        bench = json.loads(path.read_text())
+    for flag, (path, bench) in results_table.newest_benchmarks(kind="unified").items():
         begin, end = f"<!-- unified-table:{flag}:begin -->", f"<!-- unified-table:{flag}:end -->"
         assert begin in text and end in text, f"docs/results.md has no {begin} block"
         block = text.split(begin, 1)[1].split(end, 1)[0]
