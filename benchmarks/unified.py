@@ -56,7 +56,7 @@ FLOW, RESNET = "medsymmflow", "resnet18"
 MEASUREMENTS_FILE = "measurements.json"
 DECISION = "mean"  # the decision whose predictions the bundle's ACC / AUC score
 DEFAULT_OOD_FLAGS = {"pneumoniamnist": "retinamnist", "retinamnist": "pneumoniamnist"}
-OOD_CANDIDATES = ("velocity_error", "distance", "margin", "spread")
+OOD_CANDIDATES = ("velocity_error", "distance", "margin", "spread", "entropy", "combined")
 # Declared before any run: there is no OOD validation split to choose a score on, so the target is read
 # from this one and the others are reported beside it.
 OOD_HEADLINE = "velocity_error"
@@ -194,7 +194,7 @@ def _match_channels(images: Any, channels: int) -> Any:
 
 
 def _flow_ood_arrays(gen: Any, images: Any, args: argparse.Namespace, steps: int, generator: Any) -> dict[str, np.ndarray]:
-    """Per image: distance, per-class distances, draw spread, velocity error and the predicted class."""
+    """Per image: distance, per-class distances and scores, draw spread, velocity error and the predicted class."""
     import torch
 
     from medsymmflow.inferers import SymmFlowClassifier
@@ -203,12 +203,15 @@ def _flow_ood_arrays(gen: Any, images: Any, args: argparse.Namespace, steps: int
 
     classifier = SymmFlowClassifier(gen.codebook, steps=steps, num_draws=args.ood_draws, autocast=args.autocast)
     scorer = VelocityErrorScorer(gen.codebook, times=args.ood_times, sigma_min=_sigma_min(args), autocast=args.autocast)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("distance", "distances", "spread", "velocity_error", "pred")}
+    # the class scores the CPU recipe's evaluation reads (evaluation#score posterior) where the codes allow it
+    score = "posterior" if gen.codebook.affinely_independent else "softmax"
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("distance", "distances", "scores", "spread", "velocity_error", "pred")}
     for batch in torch.split(images, args.eval_batch_size):
         with torch.inference_mode():
             result = classifier(batch, gen.network, generator=generator)
         parts["distance"].append(result.uncertainty.numpy())
         parts["distances"].append(result.distances.numpy())
+        parts["scores"].append(gen.codebook.class_scores(result.distances, score).numpy())
         parts["spread"].append(draw_spread(result.draw_distances))
         parts["velocity_error"].append(scorer(batch, gen.network, result.labels, generator=generator).numpy())
         parts["pred"].append(result.labels.numpy())
@@ -229,7 +232,7 @@ def measure_ood(args: argparse.Namespace, gen: Any, resnet: Any, steps: int) -> 
     a, b = _flow_ood_arrays(gen, inside.images, args, steps, generator), _flow_ood_arrays(gen, ood_images, args, steps, generator)
     n = inside.images.shape[0]
     # scores are computed on both sets at once: the spread score is a rank over the images it is given
-    joint = {k: np.concatenate([a[k], b[k]]) for k in ("distance", "distances", "spread")}
+    joint = {k: np.concatenate([a[k], b[k]]) for k in ("distance", "distances", "scores", "spread")}
     scores = {name: uncertainty_score(name, **joint) for name in _scores()}
     scores["velocity_error"] = np.concatenate([a["velocity_error"], b["velocity_error"]])
     flow = ood_aurocs({k: v[:n] for k, v in scores.items()}, {k: v[n:] for k, v in scores.items()})

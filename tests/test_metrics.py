@@ -19,11 +19,13 @@ from medsymmflow.metrics import (
     aurc,
     brier_score,
     calibration_metrics,
+    combined_uncertainty,
     coverage_key,
     distance_nll,
     distance_uncertainty,
     draw_spread,
     eaurc,
+    entropy_uncertainty,
     expected_calibration_error,
     fit_temperature,
     majority_vote,
@@ -120,15 +122,16 @@ def test_spread_orders_by_disagreement_then_distance() -> None:
 
 
 def test_uncertainty_score_registry_dispatches_by_name() -> None:
-    assert list(UNCERTAINTY_SCORES) == ["distance", "margin", "spread"]
+    assert list(UNCERTAINTY_SCORES) == ["distance", "margin", "spread", "entropy", "combined"]
     assert {n: s.inputs for n, s in UNCERTAINTY_SCORES.items()} == {
         "distance": ("distance",), "margin": ("distances",), "spread": ("spread", "distance"),
+        "entropy": ("scores",), "combined": ("distance", "distances", "scores"),
     }
     arrays = {"distance": D_HAND.min(1), "distances": D_HAND, "spread": np.array([0.0, 0.5, 0.0])}
     np.testing.assert_array_equal(uncertainty_score("spread", **arrays), spread_uncertainty(arrays["spread"], arrays["distance"]))
     np.testing.assert_array_equal(uncertainty_score("margin", **arrays), margin_uncertainty(D_HAND))
-    with pytest.raises(ValueError, match="unknown uncertainty score 'entropy'"):
-        uncertainty_score("entropy", distances=D_HAND)
+    with pytest.raises(ValueError, match="unknown uncertainty score 'variance'"):
+        uncertainty_score("variance", distances=D_HAND)
     with pytest.raises(TypeError, match=r"missing \['distance'\]"):
         uncertainty_score("distance", dist=D_HAND)
     with pytest.raises(TypeError, match=r"missing \['spread'\]"):
@@ -431,3 +434,31 @@ def test_fit_temperature_warns_when_validation_predictions_are_separable() -> No
 def test_calibration_bad_inputs(call, exc, match) -> None:
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_entropy_reads_the_scores_as_a_distribution() -> None:
+    scores = np.array([[1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1.02, -0.02, 0.0], [2.0, 2.0, 0.0]])
+    out = entropy_uncertainty(scores)
+    # uniform -> log K, certain -> 0, a fair coin -> log 2; a slightly negative posterior estimate holds no
+    # mass; unnormalised rows are renormalised
+    np.testing.assert_allclose(out, [math.log(3), 0.0, math.log(2), 0.0, math.log(2)], atol=1e-12)
+    with pytest.raises(ValueError, match="no positive class score"):
+        entropy_uncertainty(np.array([[0.5, 0.5], [-0.1, 0.0]]))
+    with pytest.raises(ValueError, match=r"shape \(N, K\)"):
+        entropy_uncertainty(np.ones(3))
+
+
+def test_combined_score_is_the_mean_rank_of_its_three_parts() -> None:
+    # binary fractions, so the three equal margins are exactly equal
+    distance = np.array([0.125, 0.5, 0.25, 0.875])
+    distances = np.array([[0.125, 0.875], [0.5, 0.625], [0.25, 0.375], [0.875, 1.0]])  # margins -0.75, -0.125 x 3
+    scores = np.array([[0.99, 0.01], [0.5, 0.5], [0.6, 0.4], [0.7, 0.3]])
+    out = combined_uncertainty(distance, distances, scores)
+    # sample 0 is the most certain by all three scores; ranks (0-based, ties averaged) / 3 per part
+    ranks = np.array([[0, 2, 1, 3], [0, 2, 2, 2], [0, 3, 2, 1]]) / 3.0
+    np.testing.assert_allclose(out, ranks.mean(axis=0))
+    assert out.argmin() == 0 and out.min() == 0.0
+    # ranks only: a monotone rescaling of one input changes nothing
+    np.testing.assert_allclose(combined_uncertainty(distance ** 3 * 100, distances, scores), out)
+    with pytest.raises(ValueError, match="same samples"):
+        combined_uncertainty(distance[:3], distances, scores)

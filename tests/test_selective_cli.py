@@ -120,7 +120,7 @@ def test_full_report_from_a_bundle_folder(bundle: Path, tmp_path: Path, capsys: 
     assert set(decisions) == {"mean", "mode"}
     for decision, decided in (("mean", pred), ("mode", pred_mode)):
         plain = float(np.mean(decided == labels))
-        assert set(decisions[decision]) == {"distance", "margin", "spread"}
+        assert set(decisions[decision]) == {"distance", "margin", "spread", "entropy", "combined"}
         for score, entry in decisions[decision].items():
             assert {"accuracy", "aurc", "eaurc", "acc@80", "acc@90", "accuracy_rejection"} <= set(entry)
             assert len(entry["accuracy_rejection"]) == 20
@@ -246,7 +246,7 @@ def _bad_case(tmp_path: Path, case: str) -> list[str]:
         _write_csv(pred, _baseline_rows(seed=9))
     elif case == "unknown score":
         _write_csv(pred, good)
-        return ["--predictions", str(pred), "--scores", "distance,entropy", "--temperature", "0.1"]
+        return ["--predictions", str(pred), "--scores", "distance,variance", "--temperature", "0.1"]
     elif case == "val and temperature":
         _write_csv(pred, good)
         val = _write_csv(tmp_path / "v.csv", _symmflow_rows(seed=8))
@@ -268,7 +268,7 @@ def _bad_case(tmp_path: Path, case: str) -> list[str]:
         ("val k", "class count mismatch"),
         ("val single class", "validation file"),
         ("baseline as predictions", "--baseline"),
-        ("unknown score", "unknown uncertainty score(s) entropy"),
+        ("unknown score", "unknown uncertainty score(s) variance"),
         ("val and temperature", "not both"),
     ],
 )
@@ -278,3 +278,29 @@ def test_bad_inputs_exit_1_with_a_message(tmp_path: Path, capsys: pytest.Capture
     assert err.startswith("medsymmflow selective: error: ") and len(err.strip().splitlines()) == 1
     assert message in err, err
     assert not (tmp_path / "selective_metrics.json").exists()
+
+
+def test_scores_needing_absent_columns_are_skipped_with_a_note(tmp_path: Path) -> None:
+    rows = _symmflow_rows(seed=6)
+    fields = [f for f in rows[0] if not f.startswith("score_")]
+    src = _write_csv(tmp_path / "predictions.csv", rows, fields)
+    assert main(["selective", "--predictions", str(src), "--temperature", "0.1"]) == 0
+    report = json.loads((tmp_path / "selective_metrics.json").read_text())
+    # entropy reads the score_k columns and the combined score needs the entropy: both go, with one note each
+    assert report["scores"] == ["distance", "margin", "spread"]
+    assert set(report["medsymmflow"]["decisions"]["mean"]) == {"distance", "margin", "spread"}
+    notes = report["medsymmflow"]["notes"]
+    assert any(n.startswith("entropy skipped") and "score_k" in n for n in notes)
+    assert any(n.startswith("combined skipped") for n in notes)
+
+
+def test_entropy_and_combined_scores_rank_the_errors(tmp_path: Path) -> None:
+    # the fixture's wrong predictions have flatter scores: the entropy must rank them above the right ones
+    src = _write_csv(tmp_path / "predictions.csv", _symmflow_rows(seed=7))
+    assert main(["selective", "--predictions", str(src), "--temperature", "0.1"]) == 0
+    mean = json.loads((tmp_path / "selective_metrics.json").read_text())["medsymmflow"]["decisions"]["mean"]
+    accuracy = mean["entropy"]["accuracy"]
+    for name in ("entropy", "combined"):
+        # rejecting the most uncertain first must raise the accuracy of what is kept, and AURC beat chance
+        assert mean[name]["accuracy_rejection"][-2] > accuracy
+        assert mean[name]["aurc"] < 1 - accuracy

@@ -134,7 +134,7 @@ def test_report_only_measures_a_finished_run_and_then_rereads_it(
     assert 0 <= figures["resnet18"]["ece"] <= 1 and (out / "selective" / "accuracy_rejection.png").is_file()
     # OOD: every candidate scored, RGB retinamnist turned gray for the gray model, 16 in / 12 out
     ood = results["measurements"]["ood"]
-    assert set(ood["medsymmflow"]) == {"velocity_error", "distance", "margin", "spread"}
+    assert set(ood["medsymmflow"]) == {"velocity_error", "distance", "margin", "spread", "entropy", "combined"}
     assert all(0 <= v <= 1 for v in ood["medsymmflow"].values()) and 0 <= ood["resnet18"]["msp"] <= 1
     assert (ood["num_in"], ood["num_out"], ood["channels"], ood["draws"]) == (16, 12, "3 -> 1", 3)
     assert figures["medsymmflow"]["ood_auroc"] == ood["medsymmflow"]["velocity_error"]

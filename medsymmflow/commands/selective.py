@@ -29,9 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a baseline classifier's predictions.csv (index,label,pred,uncertainty,score_k softmax probabilities)",
     )
     parser.add_argument("--output-dir", metavar="DIR", default=None, help="where to write (default: the predictions' folder)")
+    from medsymmflow.metrics.uncertainty import UNCERTAINTY_SCORES
+
+    names = ",".join(UNCERTAINTY_SCORES)
     parser.add_argument(
-        "--scores", default="distance,margin,spread", metavar="LIST",
-        help="comma-separated uncertainty scores from distance, margin, spread (default: all three)",
+        "--scores", default=names, metavar="LIST",
+        help=f"comma-separated uncertainty scores from {names.replace(',', ', ')} (default: all; a score whose "
+        "columns the file lacks is skipped with a note)",
     )
     parser.add_argument(
         "--temperature", type=float, default=None, metavar="T",

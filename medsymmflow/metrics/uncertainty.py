@@ -8,6 +8,8 @@ Each score reads some of these arrays (numpy or torch), named as the predictions
   averaged over the draws first.
 * ``spread`` ``(N,)``: the fraction of noise draws disagreeing with their majority class
   (:func:`draw_spread` of the per-draw distances; the ``spread`` column).
+* ``scores`` ``(N, K)``: the per-class scores the decision's ACC / AUC come from (``score_k``): the class
+  posterior read from a one-hot code (``evaluation#score posterior``) or ``softmax(-d / tau)``.
 
 The scores (see :data:`UNCERTAINTY_SCORES` for the text the reports print):
 
@@ -15,6 +17,10 @@ The scores (see :data:`UNCERTAINTY_SCORES` for the text the reports print):
 * ``margin``: ``-(d_second_nearest - d_nearest)``; a small gap between the two nearest codes means
   the prediction could easily flip, so the negated gap grows with uncertainty.
 * ``spread``: the draws' disagreement, ties (it takes only multiples of ``1/R``) ordered by the distance.
+* ``entropy``: the Shannon entropy of the class scores, read as a distribution (negative posterior
+  estimates clipped to 0, each row renormalised).
+* ``combined``: the mean of the normalised ranks of ``distance``, ``margin`` and ``entropy``; no weights
+  to fit, so a validation split only has to choose it over the single scores, not tune it.
 
 All scores return float64 numpy arrays of shape ``(N,)``; :func:`uncertainty_score` computes one by name.
 """
@@ -27,14 +33,17 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from medsymmflow.codes import majority_class
 
 __all__ = [
     "UNCERTAINTY_SCORES",
     "UncertaintyScore",
+    "combined_uncertainty",
     "distance_uncertainty",
     "draw_spread",
+    "entropy_uncertainty",
     "majority_vote",
     "margin_uncertainty",
     "spread_uncertainty",
@@ -142,6 +151,40 @@ def spread_uncertainty(spread: np.ndarray | torch.Tensor, distance: np.ndarray |
     return ranks
 
 
+def entropy_uncertainty(scores: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Shannon entropy (nats) of each row of class scores ``(N, K)`` read as a distribution; in ``[0, log K]``."""
+    p = _as_float_array(scores, "scores")
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"scores must have shape (N, K) with K >= 2, got {p.shape}")
+    # a posterior read from a predicted one-hot code can fall slightly below 0; such a class has no mass
+    p = np.clip(p, 0.0, None)
+    totals = p.sum(axis=1, keepdims=True)
+    if (totals <= 0).any():
+        raise ValueError(f"scores: {int((totals <= 0).sum())} row(s) have no positive class score, so no distribution")
+    p = p / totals
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p), 0.0)
+    return -terms.sum(axis=1)
+
+
+def _normalised_rank(values: np.ndarray) -> np.ndarray:
+    """Average ranks scaled to ``[0, 1]`` (ties share their mean rank); a single sample gets 0.5."""
+    if values.shape[0] == 1:
+        return np.full(1, 0.5)
+    return (rankdata(values) - 1.0) / (values.shape[0] - 1.0)
+
+
+def combined_uncertainty(
+    distance: np.ndarray | torch.Tensor, distances: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor
+) -> np.ndarray:
+    """Mean normalised rank of the ``distance``, ``margin`` and ``entropy`` scores, ``(N,)`` in ``[0, 1]``."""
+    parts = [distance_uncertainty(distance), margin_uncertainty(distances), entropy_uncertainty(scores)]
+    n = parts[0].shape[0]
+    if any(p.shape[0] != n for p in parts):
+        raise ValueError(f"distance, distances and scores must cover the same samples, got {[p.shape[0] for p in parts]}")
+    return np.mean([_normalised_rank(p) for p in parts], axis=0)
+
+
 @dataclass(frozen=True)
 class UncertaintyScore:
     """One uncertainty score: what it measures (the text reports print) and the function computing it."""
@@ -170,6 +213,15 @@ UNCERTAINTY_SCORES: dict[str, UncertaintyScore] = {
         "fraction of noise draws disagreeing with the majority vote (the 'spread' column), ties ordered by "
         "the decision's distance score",
         spread_uncertainty,
+    ),
+    "entropy": UncertaintyScore(
+        "entropy of the class scores (the score_k columns, e.g. the posterior read from a one-hot code), "
+        "negative values clipped to 0 and each row renormalised",
+        entropy_uncertainty,
+    ),
+    "combined": UncertaintyScore(
+        "mean of the normalised ranks (0 = most certain, 1 = least) of the distance, margin and entropy scores",
+        combined_uncertainty,
     ),
 }
 

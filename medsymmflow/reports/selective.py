@@ -118,6 +118,29 @@ def _check_scores(scores: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _table_arrays(predictions: Predictions) -> dict[str, np.ndarray | None]:
+    """The table's per-class and per-draw arrays, named as the registry's score functions read them."""
+    return {"distances": predictions.distances, "scores": predictions.scores, "spread": predictions.spread}
+
+
+_COLUMNS_OF = {"distances": "dist_k", "scores": "score_k", "spread": "spread"}
+
+
+def _available_scores(names: Sequence[str], predictions: Predictions, notes: list[str]) -> list[str]:
+    """The requested scores the table can compute; each one skipped gets a note saying which column it lacks."""
+    arrays = _table_arrays(predictions)
+    kept = []
+    for name in names:
+        missing = [_COLUMNS_OF[k] for k in UNCERTAINTY_SCORES[name].inputs if k in arrays and arrays[k] is None]
+        if missing:
+            notes.append(f"{name} skipped: the file has no {' / '.join(missing)} column(s)")
+        elif name == "spread" and not np.any(predictions.spread):
+            notes.append("spread skipped: every spread value is 0 (a single noise draw); evaluate with several draws")
+        else:
+            kept.append(name)
+    return kept
+
+
 def _fit_tau(distances: np.ndarray, labels: np.ndarray, where: str, notes: list[str]) -> float:
     """fit_temperature, with its RuntimeWarnings (tau on a search bound) kept as report warnings."""
     with warnings.catch_warnings(record=True) as caught:
@@ -236,20 +259,12 @@ def selective_report(
         decisions["mode"] = (predictions.pred_mode, predictions.uncertainty_mode)
     else:
         notes.append("mode decision skipped: the file has no pred_mode / uncertainty_mode values")
-    use_spread = "spread" in names
-    if use_spread and predictions.spread is None:
-        notes.append("spread skipped: the file has no spread column")
-        use_spread = False
-    elif use_spread and not np.any(predictions.spread):
-        notes.append("spread skipped: every spread value is 0 (a single noise draw); evaluate with several draws")
-        use_spread = False
-
-    reported = [n for n in names if n != "spread" or use_spread]
+    reported = _available_scores(names, predictions, notes)
     section: dict[str, Any] = {"decisions": {}}
     for decision, (pred, distance) in decisions.items():
         correct = pred == predictions.labels
         # the table's arrays for this decision, named as the registry's score functions read them
-        arrays = {"distance": distance, "distances": predictions.distances, "spread": predictions.spread}
+        arrays = {"distance": distance, **_table_arrays(predictions)}
         section["decisions"][decision] = {
             name: _score_entry(correct, uncertainty_score(name, **arrays), coverages, rates) for name in reported
         }
@@ -274,7 +289,7 @@ def selective_report(
     return json_safe(report)
 
 
-_SCORE_COLORS = {"distance": "tab:blue", "margin": "tab:orange", "spread": "tab:green"}
+_SCORE_COLORS = {"distance": "tab:blue", "margin": "tab:orange", "spread": "tab:green", "entropy": "tab:purple", "combined": "tab:brown"}
 _DECISION_STYLES = {"mean": "-", "mode": "--"}
 
 
