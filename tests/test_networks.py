@@ -269,6 +269,10 @@ def test_cpu_and_tiny_presets_sizes() -> None:
     # 2 x 2 patches of 4 channels: the first level runs at 14 px, 28 px stays unpadded
     assert fast.unet.in_channels == 16 and fast.size_multiple == 4
     assert 0.5e6 <= count_parameters(fast) <= 2e6
+    # the width lever: the same layout 1.5x wider, about 2.2x the parameters
+    wide = build_network("cpu_patch_wide", 1, 3)
+    assert NET_PRESETS["cpu_patch_wide"] == {**NET_PRESETS["cpu_patch"], "channels": (96, 96)}
+    assert 2.0 < count_parameters(wide) / count_parameters(fast) < 2.5 and wide.size_multiple == 4
 
 
 def test_paper_segmentation_preset_is_the_paper_unet_with_coarse_attention() -> None:
@@ -305,7 +309,7 @@ def test_data_prediction_turns_the_clean_code_into_the_velocity_it_implies() -> 
 def test_build_network_overrides_and_errors() -> None:
     model = build_network("tiny", 1, 1, channels=(4, 8, 8), num_head_channels=4)
     assert tuple(model.unet.block_out_channels) == (4, 8, 8)
-    valid = "cpu, cpu_patch, cpu_segmentation, paper, paper_latent, paper_segmentation, sd21, sd21_monai, sd21_tiny, tiny"
+    valid = "cpu, cpu_patch, cpu_patch_wide, cpu_segmentation, paper, paper_latent, paper_segmentation, sd21, sd21_monai, sd21_tiny, tiny"
     with pytest.raises(ValueError, match=f"unknown network preset .huge.*{valid}"):
         build_network("huge", 1, 1)
     with pytest.raises(TypeError, match="unknown SymmFlowUNet argument"):

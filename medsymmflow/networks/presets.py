@@ -16,7 +16,7 @@ low-resolution model's. ``"paper_latent"`` is the latent model of Table 5 (base 
 4 x 28 x 28 latents of a 224 px image. ``"cpu"`` is a 1.1M-parameter UNet at full resolution;
 ``"cpu_patch"`` (the CPU recipe's, ``configs/cpu.json``) the same widths with ``patch_size=2``: each 2 x 2
 patch is folded into channels before the UNet and back after it, so the UNet runs at half the
-resolution for about half the step time. ``"tiny"`` is for tests.
+resolution for about half the step time; ``"cpu_patch_wide"`` is it at 1.5x the width. ``"tiny"`` is for tests.
 
 ``"sd21"`` is the natural-image model of SymmFlow (CelebAMask-HQ, COCO-Stuff at 512 px): Stable Diffusion
 2.1-base's UNet on 64 x 64 VAE latents, 8 channels in and out (SymmFlowSDUNet's defaults, ~866M parameters),
@@ -91,6 +91,18 @@ NET_PRESETS: dict[str, dict[str, Any]] = {
     "cpu_patch": {
         "network": "monai",
         "channels": (64, 64),
+        "num_res_blocks": 1,
+        "attention_levels": (False, True),
+        "num_head_channels": 32,
+        "norm_num_groups": 8,
+        "dropout": 0.0,
+        "patch_size": 2,
+    },
+    # "cpu_patch" at 1.5x the width (about 2.2x the parameters and multiply-adds): the width lever of
+    # docs/results.md's unified benchmark, within its throughput target (>= 1/3 of the ResNet-18's)
+    "cpu_patch_wide": {
+        "network": "monai",
+        "channels": (96, 96),
         "num_res_blocks": 1,
         "attention_levels": (False, True),
         "num_head_channels": 32,
