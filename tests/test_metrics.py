@@ -34,6 +34,7 @@ from medsymmflow.metrics import (
     optimal_aurc,
     reliability_diagram_data,
     risk_coverage_curve,
+    score_distances,
     selective_metrics,
     softmax_from_distances,
     spread_uncertainty,
@@ -462,3 +463,16 @@ def test_combined_score_is_the_mean_rank_of_its_three_parts() -> None:
     np.testing.assert_allclose(combined_uncertainty(distance ** 3 * 100, distances, scores), out)
     with pytest.raises(ValueError, match="same samples"):
         combined_uncertainty(distance[:3], distances, scores)
+
+
+def test_score_distances_temperature_scale_the_scores() -> None:
+    rng = np.random.default_rng(3)
+    d = rng.uniform(0.0, 2.0, (50, 4))
+    p = softmax_from_distances(d, 0.3)
+    # T = 1 gives the scores back; for softmax scores a temperature T is the distance temperature 0.3 T
+    np.testing.assert_allclose(softmax_from_distances(score_distances(p), 1.0), p, atol=1e-9)
+    np.testing.assert_allclose(softmax_from_distances(score_distances(p), 2.0), softmax_from_distances(d, 0.6), atol=1e-9)
+    # a posterior estimate below 0 has no mass (the largest distance), rows are renormalised first
+    out = score_distances(np.array([[1.1, -0.1], [1.0, 1.0]]))
+    assert out[0, 0] == 0.0 and out[0, 1] == pytest.approx(-math.log(1e-6))
+    np.testing.assert_allclose(out[1], [math.log(2), math.log(2)])

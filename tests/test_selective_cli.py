@@ -304,3 +304,26 @@ def test_entropy_and_combined_scores_rank_the_errors(tmp_path: Path) -> None:
         # rejecting the most uncertain first must raise the accuracy of what is kept, and AURC beat chance
         assert mean[name]["accuracy_rejection"][-2] > accuracy
         assert mean[name]["aurc"] < 1 - accuracy
+
+
+def test_class_scores_are_calibrated_beside_the_distances(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    src = _write_csv(run / "predictions.csv", _symmflow_rows(seed=8))
+    _write_csv(run / "val_predictions.csv", _symmflow_rows(seed=9))
+    assert main(["selective", "--predictions", str(src)]) == 0
+    cal = json.loads((run / "selective_metrics.json").read_text())["medsymmflow"]["calibration"]
+    scores = cal["scores"]
+    assert scores["temperature_source"] == "validation" and 0 <= scores["validation_ece"] <= 1
+    # the fixture's scores are softmax(-d / 0.1): scaling them by T is the distance temperature 0.1 T,
+    # so both calibrations find the same probabilities (up to the CSV's 6 digits)
+    assert scores["temperature"] * 0.1 == pytest.approx(cal["temperature"], rel=1e-2)
+    assert scores["ece"] == pytest.approx(cal["ece"], abs=2e-3)
+    assert scores["validation_ece"] == pytest.approx(cal["validation_ece"], abs=2e-3)
+    # a fixed distance temperature leaves the scores as written (T = 1)
+    rows = _symmflow_rows(seed=8)
+    assert main(["selective", "--predictions", str(src), "--temperature", "0.5", "--output-dir", str(tmp_path / "fixed")]) == 0
+    fixed = json.loads((tmp_path / "fixed" / "selective_metrics.json").read_text())["medsymmflow"]["calibration"]["scores"]
+    written = np.array([[float(r[f"score_{c}"]) for c in range(K)] for r in rows])
+    labels = np.array([r["label"] for r in rows])
+    assert fixed["temperature"] == 1.0 and fixed["temperature_source"] == "none"
+    assert fixed["ece"] == pytest.approx(expected_calibration_error(written / written.sum(1, keepdims=True), labels, 15), abs=1e-6)

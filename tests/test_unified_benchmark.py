@@ -131,6 +131,12 @@ def test_report_only_measures_a_finished_run_and_then_rereads_it(
     assert sel["validation_aurc"][chosen] == min(sel["validation_aurc"].values())
     assert figures["medsymmflow"]["aurc"] == sel["test_by_score"][chosen]["aurc"]
     assert sel["resnet18"]["temperature"] > 0 and sel["medsymmflow"]["temperature_source"] == "validation"
+    # the ECE shown is the calibration (distances or class scores) with the lower VALIDATION ECE
+    by_cal = sel["medsymmflow"]["ece_by_calibration"]
+    assert set(by_cal) == {"distances", "scores"}
+    cal = sel["medsymmflow"]["calibration_chosen_on_validation"]
+    assert by_cal[cal]["validation_ece"] == min(v["validation_ece"] for v in by_cal.values())
+    assert figures["medsymmflow"]["ece"] == by_cal[cal]["ece"]
     assert 0 <= figures["resnet18"]["ece"] <= 1 and (out / "selective" / "accuracy_rejection.png").is_file()
     # OOD: every candidate scored, RGB retinamnist turned gray for the gray model, 16 in / 12 out
     ood = results["measurements"]["ood"]

@@ -85,6 +85,12 @@ def _print_summary(report: dict) -> None:
         f"calibration MedSymmFlow: tau={cal['temperature']:.4g} ({cal['temperature_source']}) "
         f"ECE={cal['ece']:.4f} Brier={cal['brier']:.4f} NLL={cal['nll']:.4f}"
     )
+    if cal.get("scores"):
+        c = cal["scores"]
+        print(
+            f"calibration MedSymmFlow class scores: T={c['temperature']:.4g} ({c['temperature_source']}) "
+            f"ECE={c['ece']:.4f} Brier={c['brier']:.4f} NLL={c['nll']:.4f}"
+        )
     if report["baseline"]:
         b = report["baseline"]["calibration"]
         print(f"calibration baseline: ECE={b['ece']:.4f} Brier={b['brier']:.4f} NLL={b['nll']:.4f}")

@@ -13,6 +13,7 @@ from medsymmflow.metrics.calibration import (
     fit_temperature,
     negative_log_likelihood,
     reliability_diagram_data,
+    score_distances,
     softmax_from_distances,
 )
 from medsymmflow.metrics.selective import (
@@ -36,6 +37,7 @@ from medsymmflow.metrics.uncertainty import (
     entropy_uncertainty,
     majority_vote,
     margin_uncertainty,
+    score_distribution,
     spread_uncertainty,
     uncertainty_score,
 )
@@ -66,6 +68,8 @@ __all__ = [
     "optimal_aurc",
     "reliability_diagram_data",
     "risk_coverage_curve",
+    "score_distances",
+    "score_distribution",
     "selective_metrics",
     "softmax_from_distances",
     "spread_uncertainty",

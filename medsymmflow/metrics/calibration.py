@@ -32,7 +32,7 @@ import torch
 
 from medsymmflow.checks import positive_float, positive_int
 from medsymmflow.codes import distance_logits, distance_softmax
-from medsymmflow.metrics.uncertainty import _as_float_array, _check_distances
+from medsymmflow.metrics.uncertainty import _as_float_array, _check_distances, score_distribution
 
 __all__ = [
     "ReliabilityBins",
@@ -43,11 +43,13 @@ __all__ = [
     "fit_temperature",
     "negative_log_likelihood",
     "reliability_diagram_data",
+    "score_distances",
     "softmax_from_distances",
 ]
 
 _PROB_ATOL = 1e-4  # float32 softmax rows sum to 1 within ~1e-6; looser sums mean the input is not probabilities
 _NLL_EPS = 1e-12
+_SCORE_FLOOR = 1e-6  # a class score of 0 would be an infinite distance; this is its largest, -log 1e-6 = 13.8
 _LOG_TAU_HALF_RANGE = 12.0  # search tau within a factor e^12 of the typical distance spread
 
 
@@ -108,6 +110,16 @@ def softmax_from_distances(distances: np.ndarray | torch.Tensor, temperature: fl
     """Class probabilities ``softmax(-d / tau)`` (:func:`medsymmflow.codes.distance_softmax`) from distances ``(N, K)`` -> float64 ``(N, K)``."""
     d = _check_distances(distances, (2,))
     return distance_softmax(torch.from_numpy(d), temperature).numpy()
+
+
+def score_distances(scores: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``-log p`` of class scores ``(N, K)`` read as distributions (p floored at 1e-6), for temperature scaling them.
+
+    ``softmax_from_distances(score_distances(s), T)`` is ``p ** (1 / T)`` renormalised: ``T = 1`` gives the
+    scores back, and for scores that are ``softmax(-d / tau)`` it equals ``softmax(-d / (tau T))``, the
+    distance temperature. For a posterior read from a one-hot code it scales that posterior instead.
+    """
+    return -np.log(np.maximum(score_distribution(scores), _SCORE_FLOOR))
 
 
 def distance_nll(

@@ -46,6 +46,7 @@ __all__ = [
     "entropy_uncertainty",
     "majority_vote",
     "margin_uncertainty",
+    "score_distribution",
     "spread_uncertainty",
     "uncertainty_score",
 ]
@@ -151,8 +152,8 @@ def spread_uncertainty(spread: np.ndarray | torch.Tensor, distance: np.ndarray |
     return ranks
 
 
-def entropy_uncertainty(scores: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Shannon entropy (nats) of each row of class scores ``(N, K)`` read as a distribution; in ``[0, log K]``."""
+def score_distribution(scores: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Class scores ``(N, K)`` as distributions: negative values clipped to 0, each row renormalised to sum 1."""
     p = _as_float_array(scores, "scores")
     if p.ndim != 2 or p.shape[1] < 2:
         raise ValueError(f"scores must have shape (N, K) with K >= 2, got {p.shape}")
@@ -161,7 +162,12 @@ def entropy_uncertainty(scores: np.ndarray | torch.Tensor) -> np.ndarray:
     totals = p.sum(axis=1, keepdims=True)
     if (totals <= 0).any():
         raise ValueError(f"scores: {int((totals <= 0).sum())} row(s) have no positive class score, so no distribution")
-    p = p / totals
+    return p / totals
+
+
+def entropy_uncertainty(scores: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Shannon entropy (nats) of each row of class scores ``(N, K)`` read as a distribution; in ``[0, log K]``."""
+    p = score_distribution(scores)
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, p * np.log(p), 0.0)
     return -terms.sum(axis=1)

@@ -6,7 +6,7 @@ classifier's, whose ``score_k`` are softmax probabilities and ``uncertainty`` is
 
 :func:`load_predictions` reads and checks one file, :func:`selective_report` turns the files into one
 JSON-ready dict (selective metrics per decision and uncertainty score, calibration of
-``softmax(-d / tau)``, the baseline in the same structure), and :func:`write_selective_report` writes
+``softmax(-d / tau)`` and of the file's own class scores, the baseline in the same structure), and :func:`write_selective_report` writes
 ``selective_metrics.json``, ``accuracy_rejection.png`` and ``reliability.png``; :func:`make_selective_report`
 does all three from file paths (what ``medsymmflow selective`` and the bundles' ``evaluation#selective`` run).
 """
@@ -26,6 +26,7 @@ from medsymmflow.metrics.calibration import (
     calibration_metrics,
     fit_temperature,
     reliability_diagram_data,
+    score_distances,
     softmax_from_distances,
 )
 from medsymmflow.metrics.selective import DEFAULT_REJECTION_RATES, coverage_key, selective_metrics
@@ -153,7 +154,13 @@ def _fit_tau(distances: np.ndarray, labels: np.ndarray, where: str, notes: list[
 def _calibration(
     test: Predictions, val: Predictions | None, temperature: float | None, n_bins: int, warn: list[str]
 ) -> dict[str, Any]:
-    """Temperature (and where it came from) plus ECE / Brier / NLL / reliability bins of softmax(-d / tau)."""
+    """Temperature (and where it came from) plus ECE / Brier / NLL / reliability bins of softmax(-d / tau).
+
+    ``scores`` holds the same for the file's class scores (``score_k``, e.g. the posterior read from a
+    one-hot code) temperature-scaled as ``p ** (1 / T)``; with a fixed ``temperature`` (a distance tau)
+    they are scored as written (``T = 1``). Fitted on validation, each entry also has its ``validation_ece``,
+    so a caller can choose between the two without looking at the test split.
+    """
     assert test.distances is not None
     if val is not None:
         assert val.distances is not None
@@ -168,8 +175,32 @@ def _calibration(
         )
         tau = _fit_tau(test.distances, test.labels, f"test file {test.path}", warn)
         source = {"temperature_source": "test", "temperature_file": str(test.path)}
-    probs = softmax_from_distances(test.distances, tau)
-    return {"temperature": tau, **source, **_reliability_entry(probs, test.labels, n_bins)}
+    entry = {"temperature": tau, **source, **_reliability_entry(softmax_from_distances(test.distances, tau), test.labels, n_bins)}
+    if val is not None:
+        entry["validation_ece"] = calibration_metrics(softmax_from_distances(val.distances, tau), val.labels, n_bins)["ece"]
+    entry["scores"] = _score_calibration(test, val, temperature is not None, n_bins, warn)
+    return entry
+
+
+def _score_calibration(
+    test: Predictions, val: Predictions | None, fixed: bool, n_bins: int, warn: list[str]
+) -> dict[str, Any] | None:
+    """Calibration of the class scores, temperature-scaled like the distances (None without score_k columns)."""
+    if test.scores is None or (val is not None and val.scores is None):
+        return None
+    d_test = score_distances(test.scores)
+    if val is not None:
+        d_val = score_distances(val.scores)
+        t = _fit_tau(d_val, val.labels, f"validation file {val.path} (class scores)", warn)
+        source = "validation"
+    elif fixed:
+        t, source = 1.0, "none"
+    else:
+        t, source = _fit_tau(d_test, test.labels, f"test file {test.path} (class scores)", warn), "test"
+    entry = {"temperature": t, "temperature_source": source, **_reliability_entry(softmax_from_distances(d_test, t), test.labels, n_bins)}
+    if val is not None:
+        entry["validation_ece"] = calibration_metrics(softmax_from_distances(d_val, t), val.labels, n_bins)["ece"]
+    return entry
 
 
 def _baseline_section(
@@ -323,6 +354,12 @@ def _report_bins(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "ece": cal["ece"],
         }
     }
+    scores = cal.get("scores")
+    if scores:
+        bins[f"MedSymmFlow class scores, T={scores['temperature']:.3g} ({scores['temperature_source']})"] = {
+            **scores["reliability"],
+            "ece": scores["ece"],
+        }
     if report.get("baseline"):
         base = report["baseline"]["calibration"]
         bins["baseline softmax"] = {**base["reliability"], "ece": base["ece"]}
