@@ -19,6 +19,7 @@ from medsymmflow.metrics import (
     aurc,
     brier_score,
     calibration_metrics,
+    class_entropy,
     combined_uncertainty,
     coverage_key,
     distance_nll,
@@ -126,7 +127,7 @@ def test_uncertainty_score_registry_dispatches_by_name() -> None:
     assert list(UNCERTAINTY_SCORES) == ["distance", "margin", "spread", "entropy", "combined"]
     assert {n: s.inputs for n, s in UNCERTAINTY_SCORES.items()} == {
         "distance": ("distance",), "margin": ("distances",), "spread": ("spread", "distance"),
-        "entropy": ("scores",), "combined": ("distance", "distances", "scores"),
+        "entropy": ("scores", "distance"), "combined": ("distance", "distances", "scores"),
     }
     arrays = {"distance": D_HAND.min(1), "distances": D_HAND, "spread": np.array([0.0, 0.5, 0.0])}
     np.testing.assert_array_equal(uncertainty_score("spread", **arrays), spread_uncertainty(arrays["spread"], arrays["distance"]))
@@ -439,14 +440,24 @@ def test_calibration_bad_inputs(call, exc, match) -> None:
 
 def test_entropy_reads_the_scores_as_a_distribution() -> None:
     scores = np.array([[1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1.02, -0.02, 0.0], [2.0, 2.0, 0.0]])
-    out = entropy_uncertainty(scores)
+    out = class_entropy(scores)
     # uniform -> log K, certain -> 0, a fair coin -> log 2; a slightly negative posterior estimate holds no
     # mass; unnormalised rows are renormalised
     np.testing.assert_allclose(out, [math.log(3), 0.0, math.log(2), 0.0, math.log(2)], atol=1e-12)
     with pytest.raises(ValueError, match="no positive class score"):
-        entropy_uncertainty(np.array([[0.5, 0.5], [-0.1, 0.0]]))
+        class_entropy(np.array([[0.5, 0.5], [-0.1, 0.0]]))
     with pytest.raises(ValueError, match=r"shape \(N, K\)"):
-        entropy_uncertainty(np.ones(3))
+        class_entropy(np.ones(3))
+
+
+def test_entropy_score_orders_its_ties_by_the_distance() -> None:
+    # rows 1 and 3 are both certain (entropy 0) and rows 2 and 4 both a fair coin: the distance orders each pair
+    scores = np.array([[1 / 3, 1 / 3, 1 / 3], [1.0, 0.0, 0.0], [0.5, 0.5, 0.0], [1.02, -0.02, 0.0], [2.0, 2.0, 0.0]])
+    distance = np.array([0.1, 0.9, 0.2, 0.3, 0.5])
+    np.testing.assert_array_equal(entropy_uncertainty(scores, distance), [4, 1, 2, 0, 3])
+    assert uncertainty_score("entropy", scores=scores, distance=distance, distances=None).tolist() == [4, 1, 2, 0, 3]
+    with pytest.raises(ValueError, match="distance must have shape"):
+        entropy_uncertainty(scores, distance[:4])
 
 
 def test_combined_score_is_the_mean_rank_of_its_three_parts() -> None:

@@ -31,6 +31,7 @@ from medsymmflow.metrics.selective import (
 from medsymmflow.metrics.uncertainty import (
     UNCERTAINTY_SCORES,
     UncertaintyScore,
+    class_entropy,
     combined_uncertainty,
     distance_uncertainty,
     draw_spread,
@@ -53,6 +54,7 @@ __all__ = [
     "aurc",
     "brier_score",
     "calibration_metrics",
+    "class_entropy",
     "combined_uncertainty",
     "coverage_key",
     "distance_nll",

@@ -18,7 +18,7 @@ The scores (see :data:`UNCERTAINTY_SCORES` for the text the reports print):
   the prediction could easily flip, so the negated gap grows with uncertainty.
 * ``spread``: the draws' disagreement, ties (it takes only multiples of ``1/R``) ordered by the distance.
 * ``entropy``: the Shannon entropy of the class scores, read as a distribution (negative posterior
-  estimates clipped to 0, each row renormalised).
+  estimates clipped to 0, each row renormalised), ties (the clipped, certain rows) ordered by the distance.
 * ``combined``: the mean of the normalised ranks of ``distance``, ``margin`` and ``entropy``; no weights
   to fit, so a validation split only has to choose it over the single scores, not tune it.
 
@@ -40,6 +40,7 @@ from medsymmflow.codes import majority_class
 __all__ = [
     "UNCERTAINTY_SCORES",
     "UncertaintyScore",
+    "class_entropy",
     "combined_uncertainty",
     "distance_uncertainty",
     "draw_spread",
@@ -145,11 +146,7 @@ def spread_uncertainty(spread: np.ndarray | torch.Tensor, distance: np.ndarray |
     s = _as_float_array(spread, "spread")
     if s.ndim != 1:
         raise ValueError(f"spread must have shape (N,), got {s.shape}")
-    dist = _check_per_sample(distance, "distance", s.shape[0])
-    order = np.lexsort((dist, s))
-    ranks = np.empty(order.shape[0], dtype=np.float64)
-    ranks[order] = np.arange(order.shape[0])
-    return ranks
+    return _ranks_breaking_ties(s, _check_per_sample(distance, "distance", s.shape[0]))
 
 
 def score_distribution(scores: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -165,12 +162,31 @@ def score_distribution(scores: np.ndarray | torch.Tensor) -> np.ndarray:
     return p / totals
 
 
-def entropy_uncertainty(scores: np.ndarray | torch.Tensor) -> np.ndarray:
+def class_entropy(scores: np.ndarray | torch.Tensor) -> np.ndarray:
     """Shannon entropy (nats) of each row of class scores ``(N, K)`` read as a distribution; in ``[0, log K]``."""
     p = score_distribution(scores)
     with np.errstate(divide="ignore", invalid="ignore"):
         terms = np.where(p > 0, p * np.log(p), 0.0)
     return -terms.sum(axis=1)
+
+
+def entropy_uncertainty(scores: np.ndarray | torch.Tensor, distance: np.ndarray | torch.Tensor) -> np.ndarray:
+    """The :func:`class_entropy` of ``scores`` ``(N, K)``, ties ordered by the decision's ``distance`` ``(N,)``.
+
+    A posterior read from a one-hot code that overshoots the code is clipped to one certain class, so
+    many samples share an entropy of exactly 0 (a third of a PneumoniaMNIST split); the distance orders
+    them. The score is each sample's position in that order, ``0 .. N-1``, as for :func:`spread_uncertainty`.
+    """
+    entropy = class_entropy(scores)
+    return _ranks_breaking_ties(entropy, _check_per_sample(distance, "distance", entropy.shape[0]))
+
+
+def _ranks_breaking_ties(primary: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """Each sample's position ``0 .. N-1`` when ordered by ``primary``, equal ones by ``distance`` (stable)."""
+    order = np.lexsort((distance, primary))
+    ranks = np.empty(order.shape[0], dtype=np.float64)
+    ranks[order] = np.arange(order.shape[0])
+    return ranks
 
 
 def _normalised_rank(values: np.ndarray) -> np.ndarray:
@@ -184,10 +200,11 @@ def combined_uncertainty(
     distance: np.ndarray | torch.Tensor, distances: np.ndarray | torch.Tensor, scores: np.ndarray | torch.Tensor
 ) -> np.ndarray:
     """Mean normalised rank of the ``distance``, ``margin`` and ``entropy`` scores, ``(N,)`` in ``[0, 1]``."""
-    parts = [distance_uncertainty(distance), margin_uncertainty(distances), entropy_uncertainty(scores)]
+    parts = [distance_uncertainty(distance), margin_uncertainty(distances)]
     n = parts[0].shape[0]
-    if any(p.shape[0] != n for p in parts):
-        raise ValueError(f"distance, distances and scores must cover the same samples, got {[p.shape[0] for p in parts]}")
+    if parts[1].shape[0] != n or np.shape(scores)[0] != n:
+        raise ValueError(f"distance, distances and scores must cover the same samples, got {n}, {parts[1].shape[0]}, {np.shape(scores)[0]}")
+    parts.append(entropy_uncertainty(scores, distance))
     return np.mean([_normalised_rank(p) for p in parts], axis=0)
 
 
@@ -222,7 +239,7 @@ UNCERTAINTY_SCORES: dict[str, UncertaintyScore] = {
     ),
     "entropy": UncertaintyScore(
         "entropy of the class scores (the score_k columns, e.g. the posterior read from a one-hot code), "
-        "negative values clipped to 0 and each row renormalised",
+        "negative values clipped to 0 and each row renormalised; ties ordered by the decision's distance score",
         entropy_uncertainty,
     ),
     "combined": UncertaintyScore(
