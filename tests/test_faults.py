@@ -154,6 +154,17 @@ def test_bad_checkpoints_are_named_without_torchs_advice(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("config", [EVALUATE, "bundles/pneumoniamnist/inference.json"])
+def test_evaluation_and_inference_check_the_training_settings_they_read(
+    config: str, checkpoints: dict[str, Path], data_dir: Path, tmp_path: Path
+) -> None:
+    # training#time_decoupled decides the network's kind there too: a bad value is named, not taken as "on"
+    out = bundle(config, data_dir, tmp_path / "eval", "--ckpt_path", str(checkpoints["good"]), "--training#time_decoupled", "1.5")
+    assert "training#time_decoupled must be a number in [0, 1], got 1.5" in the_error(out)
+    assert not (tmp_path / "eval").exists()
+
+
+@pytest.mark.slow
 def test_an_engine_failure_logs_no_traceback_and_leaves_no_empty_tensorboard_files(
     checkpoints: dict[str, Path], data_dir: Path, tmp_path: Path
 ) -> None:
