@@ -52,7 +52,7 @@ from medsymmflow.codes import DECISIONS, ClassCodebook, decision_scores
 from medsymmflow.data.medmnist import medmnist_class_names
 from medsymmflow.flow.solver import FIXED_STEP_METHODS
 from medsymmflow.generation import load_generator
-from medsymmflow.inferers import SymmFlowClassifier
+from medsymmflow.inferers import SymmFlowClassifier, resolve_time_coupling
 from medsymmflow.io import atomic_write
 
 __all__ = ["EXPORT_DECISIONS", "METADATA_FILE", "DeployedClassifier", "export_classifier", "read_metadata"]
@@ -150,11 +150,13 @@ def export_classifier(
     temperature: float = 0.1,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    time_coupling: str = "auto",
 ) -> dict[str, Any]:
     """Write the TorchScript classifier of bundle checkpoint ``ckpt`` to ``output`` atomically; returns its metadata.
 
     The settings are the inference bundle's ``evaluation#steps``, ``#method``, ``#draws``, ``#decision``,
-    ``#score``, ``#temperature`` and its ``seed``; pass the values the bundle runs with to get its outputs.
+    ``#score``, ``#temperature``, ``#time_coupling`` and its ``seed`` (the metadata records the resolved
+    coupling); pass the values the bundle runs with to get its outputs.
     Raises FileNotFoundError / ValueError (naming the file or setting) for a missing or unusable
     checkpoint, a latent checkpoint, or a setting the export cannot reproduce.
     """
@@ -167,9 +169,13 @@ def export_classifier(
         raise ValueError(f"checkpoint {ckpt} is a Latent MedSymmFlow run (VAE {loaded.run_info['vae']}); only pixel-space checkpoints can be exported")
     codebook: ClassCodebook = loaded.codebook
     codebook.check_score(score)
+    # the bundle's evaluation#time_coupling: auto follows how the checkpoint was trained
+    coupling = resolve_time_coupling(time_coupling, loaded.network)
     info = loaded.run_info
     size, channels = int(info["size"]), int(info["image_channels"])
-    classifier = SymmFlowClassifier(codebook, steps=int(steps), method=method, num_draws=int(draws), decision=decision)
+    classifier = SymmFlowClassifier(
+        codebook, steps=int(steps), method=method, num_draws=int(draws), decision=decision, time_coupling=coupling
+    )
     core = _TracedClassification(loaded.network, classifier, score, temperature).eval()
 
     def example(batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -201,6 +207,7 @@ def export_classifier(
         "method": method,
         "draws": int(draws),
         "decision": decision,
+        "time_coupling": coupling,
         "seed": int(seed),
         "device": str(device),
         "checkpoint": str(Path(ckpt).resolve()),

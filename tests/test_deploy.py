@@ -49,24 +49,32 @@ STANDALONE = textwrap.dedent(
 )
 
 
-def fake_checkpoint(path: Path, code_kind: str = "onehot", num_classes: int = 3, seed: int = 0) -> ClassCodebook:
+def fake_checkpoint(
+    path: Path, code_kind: str = "onehot", num_classes: int = 3, seed: int = 0, decoupled: bool = False
+) -> ClassCodebook:
     """A bundle-format checkpoint (run_info + ema) of a randomly initialised tiny network."""
     torch.manual_seed(seed)
     codebook = ClassCodebook.from_kind(code_kind, num_classes)
-    net = build_network("tiny", 1, codebook.channels)
+    net = build_network("tiny", 1, codebook.channels, decoupled_time=decoupled)
+    if decoupled:  # the label-time embedding starts at zero (the network starts coupled); a trained one is not
+        with torch.no_grad():
+            for param in net.parameters():
+                param.add_(0.05 * torch.randn_like(param))
     info = RunInfo(flag="pneumoniamnist" if num_classes == 2 else "synthetic", num_classes=num_classes, code_kind=code_kind,
-                   image_channels=1, code_channels=codebook.channels, size=28, net_preset="tiny")
+                   image_channels=1, code_channels=codebook.channels, size=28, net_preset="tiny", decoupled_time=decoupled)
     torch.save({"run_info": info.state_dict(), "ema": create_ema(net).state_dict()}, path)
     return codebook
 
 
 def eager_outputs(ckpt: Path, images: torch.Tensor, steps: int, method: str, draws: int, decision: str, score: str,
-                  seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                  seed: int = 0, time_coupling: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What SymmFlowEvaluator computes for one batch: the classifier with a generator seeded by ``seed``."""
     from medsymmflow.generation import load_generator
 
     loaded = load_generator(ckpt)
-    classifier = SymmFlowClassifier(loaded.codebook, steps=steps, method=method, num_draws=draws, decision=decision)
+    classifier = SymmFlowClassifier(
+        loaded.codebook, steps=steps, method=method, num_draws=draws, decision=decision, time_coupling=time_coupling
+    )
     with torch.no_grad():
         result = classifier(images, loaded.network, generator=torch.Generator().manual_seed(seed))
     scores = decision_scores(loaded.codebook.class_scores(result.distances, score, 0.1), result.labels, result.counts)
@@ -98,6 +106,27 @@ def test_exported_file_reproduces_the_library_classifier_on_other_batch_sizes(
     assert meta["code_kind"] == "onehot" and meta["codes"] == codebook.codes.tolist() and meta["score"] == score
     assert (meta["size"], meta["image_channels"], meta["steps"], meta["draws"]) == (28, 1, steps, draws)
     assert not list(tmp_path.glob("*.tmp")), "temporary file left behind"
+
+
+def test_a_decoupled_checkpoint_exports_the_path_its_evaluation_takes(tmp_path: Path) -> None:
+    fake_checkpoint(tmp_path / "best.pt", decoupled=True)
+    meta = export_classifier(tmp_path / "best.pt", tmp_path / "auto.ts", steps=2)
+    forced = export_classifier(tmp_path / "best.pt", tmp_path / "coupled.ts", steps=2, time_coupling="coupled")
+    assert (meta["time_coupling"], forced["time_coupling"]) == ("decoupled", "coupled")
+    images = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(5)) * 2 - 1
+    with torch.no_grad():
+        auto_scores = torch.jit.load(str(tmp_path / "auto.ts"))(images)[1]
+        coupled_scores = torch.jit.load(str(tmp_path / "coupled.ts"))(images)[1]
+    # auto is the bundle's default: the image held clean while the label is integrated
+    want = eager_outputs(tmp_path / "best.pt", images, 2, "euler", 1, "mean", "softmax", time_coupling="decoupled")
+    torch.testing.assert_close(auto_scores, want[1].float(), rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(auto_scores, coupled_scores, atol=1e-4)  # the two paths are different classifiers
+    # a coupled checkpoint has no decoupled path; nothing is written
+    fake_checkpoint(tmp_path / "coupled.pt")
+    with pytest.raises(ValueError, match="time_coupling 'decoupled' needs a network trained with decoupled times"):
+        export_classifier(tmp_path / "coupled.pt", tmp_path / "none.ts", time_coupling="decoupled")
+    assert not (tmp_path / "none.ts").exists()
+    assert export_classifier(tmp_path / "coupled.pt", tmp_path / "c.ts")["time_coupling"] == "coupled"
 
 
 def test_exported_file_refuses_inputs_the_bundle_would_never_produce(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from medsymmflow.codes import SCORES
     from medsymmflow.deploy import EXPORT_DECISIONS
     from medsymmflow.flow.solver import FIXED_STEP_METHODS
+    from medsymmflow.inferers import TIME_COUPLINGS
 
     parser.add_argument("--ckpt", required=True, metavar="PATH", help="bundle checkpoint (runs/<flag>/checkpoints/best.pt)")
     parser.add_argument(
@@ -30,6 +31,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--temperature", type=float, default=0.1, help="tau of the softmax(-d / tau) scores, evaluation#temperature (default: 0.1)"
     )
+    parser.add_argument(
+        "--time-coupling", default="auto", choices=TIME_COUPLINGS,
+        help="evaluation#time_coupling (default: auto: decoupled for a checkpoint trained with decoupled times, "
+        "which then classifies with the image held clean)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="label-noise seed, the bundle's seed (default: 0)")
     parser.add_argument("--device", default="cpu", help="device the file runs on (default: cpu)")
 
@@ -43,10 +49,11 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else run_dir / "classifier.ts"
     meta = export_classifier(
         ckpt, output, steps=args.steps, method=args.method, draws=args.draws, decision=args.decision,
-        score=args.score, temperature=args.temperature, seed=args.seed, device=args.device,
+        score=args.score, temperature=args.temperature, seed=args.seed, device=args.device, time_coupling=args.time_coupling,
     )
     print(
         f"wrote {output}: {meta['run_info']['flag']} classifier, input {meta['input']}, outputs class / "
-        f"{meta['score']} scores / uncertainty ({meta['steps']} {meta['method']} step(s), {meta['draws']} draw(s), seed {meta['seed']})"
+        f"{meta['score']} scores / uncertainty ({meta['steps']} {meta['method']} step(s), {meta['draws']} draw(s), "
+        f"{meta['time_coupling']} times, seed {meta['seed']})"
     )
     return 0
