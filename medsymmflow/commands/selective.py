@@ -15,6 +15,8 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the ``selective`` options on ``parser``."""
+    from medsymmflow.metrics.uncertainty import UNCERTAINTY_SCORES
+
     parser.add_argument(
         "--predictions", required=True, metavar="PATH",
         help="predictions.csv of an evaluation bundle, or the bundle output folder holding it",
@@ -29,8 +31,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a baseline classifier's predictions.csv (index,label,pred,uncertainty,score_k softmax probabilities)",
     )
     parser.add_argument("--output-dir", metavar="DIR", default=None, help="where to write (default: the predictions' folder)")
-    from medsymmflow.metrics.uncertainty import UNCERTAINTY_SCORES
-
     names = ",".join(UNCERTAINTY_SCORES)
     parser.add_argument(
         "--scores", default=names, metavar="LIST",

@@ -175,10 +175,19 @@ def _calibration(
         )
         tau = _fit_tau(test.distances, test.labels, f"test file {test.path}", warn)
         source = {"temperature_source": "test", "temperature_file": str(test.path)}
-    entry = {"temperature": tau, **source, **_reliability_entry(softmax_from_distances(test.distances, tau), test.labels, n_bins)}
-    if val is not None:
-        entry["validation_ece"] = calibration_metrics(softmax_from_distances(val.distances, tau), val.labels, n_bins)["ece"]
+    entry = _calibration_entry(test.distances, test, tau, source, None if val is None else val.distances, val, n_bins)
     entry["scores"] = _score_calibration(test, val, temperature is not None, n_bins, warn)
+    return entry
+
+
+def _calibration_entry(
+    d_test: np.ndarray, test: Predictions, tau: float, source: dict[str, Any],
+    d_val: np.ndarray | None, val: Predictions | None, n_bins: int,
+) -> dict[str, Any]:
+    """One calibration of ``softmax(-d / tau)``: tau, its source, the test reliability entry and, with a validation split, its ECE."""
+    entry = {"temperature": tau, **source, **_reliability_entry(softmax_from_distances(d_test, tau), test.labels, n_bins)}
+    if val is not None and d_val is not None:
+        entry["validation_ece"] = calibration_metrics(softmax_from_distances(d_val, tau), val.labels, n_bins)["ece"]
     return entry
 
 
@@ -189,18 +198,15 @@ def _score_calibration(
     if test.scores is None or (val is not None and val.scores is None):
         return None
     d_test = score_distances(test.scores)
+    d_val = None if val is None else score_distances(val.scores)
     if val is not None:
-        d_val = score_distances(val.scores)
         t = _fit_tau(d_val, val.labels, f"validation file {val.path} (class scores)", warn)
         source = "validation"
     elif fixed:
         t, source = 1.0, "none"
     else:
         t, source = _fit_tau(d_test, test.labels, f"test file {test.path} (class scores)", warn), "test"
-    entry = {"temperature": t, "temperature_source": source, **_reliability_entry(softmax_from_distances(d_test, t), test.labels, n_bins)}
-    if val is not None:
-        entry["validation_ece"] = calibration_metrics(softmax_from_distances(d_val, t), val.labels, n_bins)["ece"]
-    return entry
+    return _calibration_entry(d_test, test, t, {"temperature_source": source}, d_val, val, n_bins)
 
 
 def _baseline_section(
